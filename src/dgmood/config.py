@@ -1,0 +1,161 @@
+"""Frozen, typed configuration for every run; saved as ``config.yaml`` next to each checkpoint.
+
+A run is ``RunConfig(model=<family config>, data=DataConfig, train=TrainConfig)``. Model
+configs are registered by family name in :mod:`dgmood.models.registry` so that YAML files
+round-trip: ``RunConfig.from_dict(cfg.to_dict()) == cfg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+
+class ModelConfig:
+    """Base of every model-family config (a frozen dataclass with a ``family`` name)."""
+
+    family: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"  # registry name, see `dgmood datasets`
+    image_size: int = 32  # side in pixels; 28x28 sets are zero-padded by 2 on each side
+    channels: int = 1  # 1 or 3; converting between them is explicit (gray->rgb repeats)
+    train_split: str = "train"  # split used for training
+    val_split: str = "test"  # split used for periodic validation
+    val_size: int = 2000  # images of val_split used for validation during training (0 = all)
+    train_limit: int = 0  # use only the first N training images (0 = all); for tiny runs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 64  # images per step
+    optimizer: Literal["adam", "adamax", "sgd"] = "adam"
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 200  # linear warm-up from 0 to lr
+    weight_decay: float = 0.0
+    grad_clip: float = 50.0  # max global grad norm (0 = off)
+    seed: int = 0  # seeds parameters, data order and dequantization noise
+    eval_every: int = 500  # validate every N steps (0 = only at the end)
+    checkpoint_every: int = 500  # write a resumable checkpoint every N steps
+    log_every: int = 20  # steps between metric log lines
+    augment_flip: bool = False  # random horizontal flips (Glow uses none on MNIST-likes)
+    channels_last: bool = True  # NHWC memory format: ~1.25x faster convs on CPU
+    num_threads: int = 0  # torch intra-op threads (0 = torch default)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def dataclass_to_dict(obj: Any) -> Any:
+    """Nested dataclass -> plain dict/list/scalars, tuples as lists, families tagged."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        if isinstance(obj, ModelConfig):
+            out["family"] = type(obj).family
+        for f in fields(obj):
+            out[f.name] = dataclass_to_dict(getattr(obj, f.name))
+        return out
+    if isinstance(obj, tuple | list):
+        return [dataclass_to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        return dataclass_from_dict(tp, value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        return tuple(_coerce(a, v) for a, v in zip(args, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys with a clear message."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known - {"family"}
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(known)}"
+        )
+    kwargs = {k: _coerce(hints[k], v) for k, v in data.items() if k in known}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""  # name of the preset this config started from, for the record
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        from dgmood.models.registry import model_config_class
+
+        model_data = dict(data["model"])
+        family = model_data.pop("family", None)
+        if family is None:
+            raise ValueError("model config needs a 'family' key (e.g. glow, pixelcnnpp, vae, cnn)")
+        model = dataclass_from_dict(model_config_class(family), model_data)
+        return cls(
+            model=model,
+            data=dataclass_from_dict(DataConfig, data.get("data", {})),
+            train=dataclass_from_dict(TrainConfig, data.get("train", {})),
+            preset=data.get("preset", ""),
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> RunConfig:
+        return cls.from_dict(yaml.safe_load(text))
+
+    def save(self, path: Path) -> None:
+        from dgmood.training.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_yaml())
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.from_yaml(Path(path).read_text())
+
+
+def replace_path(obj: Any, dotted: str, value: Any) -> Any:
+    """Return a copy of a nested frozen dataclass with ``a.b.c = value`` (for CLI overrides).
+
+    ``value`` is a string parsed as YAML (so ``3``, ``1e-3``, ``true``, ``[1, 2]`` work).
+    """
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in fields(obj)}
+    if head not in names:
+        raise ValueError(f"unknown config key {head!r} in {dotted!r}; known: {sorted(names)}")
+    if rest:
+        return dataclasses.replace(obj, **{head: replace_path(getattr(obj, head), rest, value)})
+    hints = typing.get_type_hints(type(obj))
+    parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    return dataclasses.replace(obj, **{head: _coerce(hints[head], parsed)})

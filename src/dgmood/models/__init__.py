@@ -1,0 +1,8 @@
+"""Model families. Importing this package registers every family with the registry."""
+
+from dgmood.models.base import Classifier, DensityModel, InputSpec, bits_per_dim
+
+__all__ = ["Classifier", "DensityModel", "InputSpec", "bits_per_dim"]
+
+# Each family module registers itself; a family that fails to import is a bug, not optional.
+from dgmood.models import flows  # noqa: E402,F401

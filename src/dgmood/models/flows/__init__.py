@@ -1,0 +1,1 @@
+"""Normalizing flows: bijections, multiscale composition and presets (Glow, CV-Glow, RealNVP)."""

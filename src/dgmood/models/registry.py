@@ -1,0 +1,50 @@
+"""Model families by name: config class + builder. Families register themselves on import."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from dgmood.config import DataConfig, ModelConfig
+
+_FAMILIES: dict[str, tuple[type, Callable[[Any, DataConfig], nn.Module]]] = {}
+
+
+def register_family(config_cls: type) -> Callable[[Callable[[Any, DataConfig], nn.Module]], Any]:
+    """Decorator: ``@register_family(GlowConfig) def build(cfg, data) -> nn.Module``."""
+
+    def decorator(builder: Callable[[Any, DataConfig], nn.Module]) -> Any:
+        family = config_cls.family
+        if not family:
+            raise ValueError(f"{config_cls.__name__} has no family name")
+        _FAMILIES[family] = (config_cls, builder)
+        return builder
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    import dgmood.models  # noqa: F401  (imports every family module)
+
+
+def families() -> list[str]:
+    _ensure_loaded()
+    return sorted(_FAMILIES)
+
+
+def model_config_class(family: str) -> type:
+    _ensure_loaded()
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[family][0]
+
+
+def build_model(config: ModelConfig, data: DataConfig) -> nn.Module:
+    """Instantiate the network described by ``config`` for images described by ``data``."""
+    _ensure_loaded()
+    family = type(config).family
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[family][1](config, data)
