@@ -48,3 +48,25 @@ def build_model(config: ModelConfig, data: DataConfig) -> nn.Module:
     if family not in _FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
     return _FAMILIES[family][1](config, data)
+
+
+_PRESETS: dict[str, dict[str, ModelConfig]] = {}
+
+
+def register_presets(family: str, presets: dict[str, ModelConfig]) -> None:
+    """Named model configs of a family; every family provides at least ``tiny`` and ``cpu``."""
+    _PRESETS.setdefault(family, {}).update(presets)
+
+
+def model_presets(family: str) -> dict[str, ModelConfig]:
+    _ensure_loaded()
+    if family not in _PRESETS:
+        raise ValueError(f"no presets for family {family!r}; known: {sorted(_PRESETS)}")
+    return dict(_PRESETS[family])
+
+
+def model_preset(family: str, name: str) -> ModelConfig:
+    presets = model_presets(family)
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r} for {family}; known: {sorted(presets)}")
+    return presets[name]
