@@ -70,3 +70,30 @@ def model_preset(family: str, name: str) -> ModelConfig:
     if name not in presets:
         raise ValueError(f"unknown preset {name!r} for {family}; known: {sorted(presets)}")
     return presets[name]
+
+
+_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def register_alias(name: str, family: str, **overrides: Any) -> None:
+    """A named architecture of a family, e.g. ``cv-glow`` = glow with additive couplings."""
+    _ALIASES[name] = (family, overrides)
+
+
+def model_names() -> list[str]:
+    """Every name ``dgmood train`` accepts: families and architecture aliases."""
+    _ensure_loaded()
+    return sorted(set(_FAMILIES) | set(_ALIASES))
+
+
+def resolve_model(name: str, preset: str = "cpu") -> ModelConfig:
+    """The config of model ``name`` (family or alias) at size ``preset`` (tiny, cpu, paper)."""
+    import dataclasses
+
+    _ensure_loaded()
+    if name in _ALIASES:
+        family, overrides = _ALIASES[name]
+        return dataclasses.replace(model_preset(family, preset), **overrides)
+    if name in _FAMILIES:
+        return model_preset(name, preset)
+    raise ValueError(f"unknown model {name!r}; known: {model_names()}")

@@ -1,0 +1,14 @@
+"""Training: one loop for every model, checkpoints and run directories."""
+
+from dgmood.training.checkpoint import LoadedRun, RunDirError, load_run
+from dgmood.training.loop import DataSources, TrainingDivergedError, TrainResult, train
+
+__all__ = [
+    "DataSources",
+    "LoadedRun",
+    "RunDirError",
+    "TrainResult",
+    "TrainingDivergedError",
+    "load_run",
+    "train",
+]

@@ -1,0 +1,351 @@
+"""Datasets by name, loaded with torchvision's own readers into in-memory uint8 tensors.
+
+Every dataset comes back as an :class:`ImageSet`: ``images`` uint8 ``[N, C, H, W]`` and
+``labels`` int64 ``[N]`` (``-1`` where there are none). Files live in torchvision's layout
+under the data directory (:mod:`dgmood.data.sources`); ``download=True`` uses torchvision's
+real downloaders, and a local mirror of the raw files is used when one is configured.
+
+Names: ``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``,
+``celeba``, and ``folder:PATH`` / a single image path for a user's own images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from torch import Tensor
+
+from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
+from dgmood.data.sources import copy_verified, resolve_data_dir, resolve_mirror, verify_md5
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A split of a dataset, fully in memory."""
+
+    name: str  # registry name, e.g. "fashion-mnist"
+    split: str  # "train", "test", ...
+    images: Tensor  # uint8 [N, C, H, W]
+    labels: Tensor  # int64 [N]; -1 where unlabeled
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if len(self.labels) != len(self.images):
+            raise ValueError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.split}"
+
+    def head(self, n: int) -> ImageSet:
+        """The first ``n`` images (all if ``n`` <= 0)."""
+        if n <= 0 or n >= len(self):
+            return self
+        return ImageSet(self.name, self.split, self.images[:n], self.labels[:n])
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    root: Path  # the data directory
+    split: str
+    download: bool
+    mirror: Path | None
+    verify: bool  # check official md5s
+    channels: int  # wanted channels (used only by loaders that must resize on load)
+    size: int  # wanted side (idem)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    channels: int  # native channels
+    size: int  # native side in pixels (after any fixed crop of the loader)
+    splits: tuple[str, ...]
+    num_classes: int
+    how_to_get: str  # one line telling the user how to obtain the files
+    load: Callable[[LoadRequest], ImageSet]
+
+
+def _not_found(spec_name: str, where: Path) -> DatasetNotFoundError:
+    spec = DATASETS[spec_name]
+    return DatasetNotFoundError(
+        f"dataset {spec_name!r} not found under {where}. {spec.how_to_get} "
+        f"The data directory is set with --data-dir or ${'DGMOOD_DATA'}; a folder of raw files "
+        f"with --mirror or $DGMOOD_MIRROR (sub-folder '{spec_name}')."
+    )
+
+
+def _gunzip(source: Path, target: Path) -> None:
+    tmp_fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with gzip.open(source, "rb") as src, os.fdopen(tmp_fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp_name, target)
+    except (OSError, EOFError) as err:
+        raise CorruptDatasetError(
+            f"{source} cannot be decompressed ({err}); delete it and fetch it again"
+        ) from err
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+def _mnist_like(name: str, cls: type[tvd.MNIST]) -> Callable[[LoadRequest], ImageSet]:
+    def load(req: LoadRequest) -> ImageSet:
+        if req.split not in ("train", "test"):
+            raise ValueError(f"{name} has splits train and test, not {req.split!r}")
+        raw = req.root / cls.__name__ / "raw"
+        for filename, md5 in cls.resources:
+            extracted = raw / filename.removesuffix(".gz")
+            if extracted.exists():
+                continue
+            packed = raw / filename
+            if not packed.exists() and req.mirror is not None:
+                mirrored = req.mirror / name / filename
+                if mirrored.exists():
+                    copy_verified(mirrored, packed, md5 if req.verify else None)
+            if not packed.exists() and req.download:
+                cls(str(req.root), train=True, download=True)  # fetches and checks all files
+                continue
+            if not packed.exists():
+                raise _not_found(name, raw)
+            if req.verify:
+                verify_md5(packed, md5)
+            _gunzip(packed, extracted)
+        try:
+            dataset = cls(str(req.root), train=req.split == "train", download=False)
+        except (RuntimeError, ValueError, AssertionError, OSError) as err:
+            raise CorruptDatasetError(f"cannot read {name} from {raw}: {err}") from err
+        images = dataset.data.unsqueeze(1).contiguous()
+        return ImageSet(name, req.split, images, dataset.targets.to(torch.int64))
+
+    return load
+
+
+def _unverified(cls: type, **overrides: object) -> type:
+    """The torchvision class with its md5 table blanked; we verify (or not) beforehand."""
+    return type(f"Unverified{cls.__name__}", (cls,), overrides)
+
+
+def _extract_from_mirror(req: LoadRequest, name: str, archive: str, md5: str | None) -> bool:
+    if req.mirror is None or not (req.mirror / name / archive).exists():
+        return False
+    from torchvision.datasets.utils import extract_archive
+
+    target = req.root / archive
+    copy_verified(req.mirror / name / archive, target, md5 if req.verify else None)
+    extract_archive(str(target), str(req.root))
+    return True
+
+
+def _cifar(name: str, cls: type[tvd.CIFAR10]) -> Callable[[LoadRequest], ImageSet]:
+    def load(req: LoadRequest) -> ImageSet:
+        if req.split not in ("train", "test"):
+            raise ValueError(f"{name} has splits train and test, not {req.split!r}")
+        folder = req.root / cls.base_folder
+        files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+        if not folder.exists():
+            if not _extract_from_mirror(req, name, cls.filename, cls.tgz_md5) and req.download:
+                cls(str(req.root), train=True, download=True)
+        for filename, md5 in files:
+            path = folder / filename
+            if not path.exists():
+                raise _not_found(name, folder)
+            if req.verify:
+                verify_md5(path, md5)
+        reader = _unverified(
+            cls,
+            train_list=[[f, None] for f, _ in cls.train_list],
+            test_list=[[f, None] for f, _ in cls.test_list],
+            meta={**cls.meta, "md5": None},
+        )
+        try:
+            dataset = reader(str(req.root), train=req.split == "train", download=False)
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as err:
+            raise CorruptDatasetError(f"cannot read {name} from {folder}: {err}") from err
+        images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))
+        return ImageSet(name, req.split, images, torch.as_tensor(dataset.targets))
+
+    return load
+
+
+def _load_svhn(req: LoadRequest) -> ImageSet:
+    cls = tvd.SVHN
+    if req.split not in cls.split_list:
+        raise ValueError(f"svhn has splits {sorted(cls.split_list)}, not {req.split!r}")
+    root = req.root / "svhn"
+    _, filename, md5 = cls.split_list[req.split]
+    path = root / filename
+    if not path.exists() and req.mirror is not None and (req.mirror / "svhn" / filename).exists():
+        copy_verified(req.mirror / "svhn" / filename, path, md5 if req.verify else None)
+    if not path.exists() and req.download:
+        cls(str(root), split=req.split, download=True)
+    if not path.exists():
+        raise _not_found("svhn", root)
+    if req.verify:
+        verify_md5(path, md5)
+    reader = _unverified(
+        cls, split_list={k: [url, fn, None] for k, (url, fn, _) in cls.split_list.items()}
+    )
+    try:
+        dataset = reader(str(root), split=req.split, download=False)
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        raise CorruptDatasetError(f"cannot read svhn from {path}: {err}") from err
+    images = torch.from_numpy(np.ascontiguousarray(dataset.data))
+    return ImageSet("svhn", req.split, images, torch.as_tensor(dataset.labels, dtype=torch.int64))
+
+
+CELEBA_CROP = 148  # centre crop of the 178x218 aligned faces before resizing
+
+
+def _load_celeba(req: LoadRequest) -> ImageSet:
+    from PIL import Image
+
+    cls = tvd.CelebA
+    splits = {"train": "train", "valid": "valid", "val": "valid", "test": "test", "all": "all"}
+    if req.split not in splits:
+        raise ValueError(f"celeba has splits train, valid, test, all; not {req.split!r}")
+    folder = req.root / cls.base_folder
+    cache = folder / f"dgmood-{splits[req.split]}-{req.size}px.npz"
+    if cache.exists():
+        with np.load(cache) as stored:
+            images, labels = torch.from_numpy(stored["images"]), torch.from_numpy(stored["labels"])
+        return ImageSet("celeba", req.split, images, labels)
+    if not folder.exists() and req.download:
+        cls(str(req.root), split="all", download=True)
+    for _, md5, filename in cls.file_list:
+        if filename.endswith(".zip"):
+            continue
+        if not (folder / filename).exists():
+            raise _not_found("celeba", folder)
+        if req.verify:
+            verify_md5(folder / filename, md5)
+    if not (folder / "img_align_celeba").is_dir():
+        raise _not_found("celeba", folder / "img_align_celeba")
+    reader = _unverified(cls, file_list=[(i, None, f) for i, _, f in cls.file_list])
+    try:
+        dataset = reader(str(req.root), split=splits[req.split], target_type="identity")
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        raise CorruptDatasetError(f"cannot read celeba from {folder}: {err}") from err
+    out = np.empty((len(dataset.filename), 3, req.size, req.size), dtype=np.uint8)
+    for i, filename in enumerate(dataset.filename):
+        with Image.open(folder / "img_align_celeba" / filename) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            left, top = (w - CELEBA_CROP) // 2, (h - CELEBA_CROP) // 2
+            img = img.crop((left, top, left + CELEBA_CROP, top + CELEBA_CROP))
+            img = img.resize((req.size, req.size), Image.Resampling.BICUBIC)
+            out[i] = np.asarray(img).transpose(2, 0, 1)
+    labels = dataset.identity[:, 0].to(torch.int64).numpy()
+    tmp = cache.with_suffix(".part.npz")
+    np.savez(tmp, images=out, labels=labels)
+    os.replace(tmp, cache)
+    return ImageSet("celeba", req.split, torch.from_numpy(out), torch.from_numpy(labels))
+
+
+def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
+    from dgmood.data.images import load_image, mnistify, to_rgb_square
+
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise DatasetNotFoundError(f"{path} is neither an image file nor a folder")
+    if not files:
+        raise DatasetNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}"
+        )
+    tensors = []
+    for file in files:
+        image = load_image(file)
+        if req.channels == 1:
+            tensors.append(mnistify(image, size=req.size))
+        else:
+            tensors.append(to_rgb_square(image, size=req.size))
+    images = torch.stack(tensors)
+    return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def _register(spec: DatasetSpec) -> None:
+    DATASETS[spec.name] = spec
+
+
+_MNIST_HINT = "Run with --download, or put the four official .gz files in a mirror folder."
+_register(DatasetSpec("mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT,
+                      _mnist_like("mnist", tvd.MNIST)))
+_register(DatasetSpec("fashion-mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT,
+                      _mnist_like("fashion-mnist", tvd.FashionMNIST)))
+_register(DatasetSpec("kmnist", 1, 28, ("train", "test"), 10, _MNIST_HINT,
+                      _mnist_like("kmnist", tvd.KMNIST)))
+_register(DatasetSpec("cifar10", 3, 32, ("train", "test"), 10,
+                      "Run with --download, or extract cifar-10-python.tar.gz into the data "
+                      "directory (folder cifar-10-batches-py).", _cifar("cifar10", tvd.CIFAR10)))
+_register(DatasetSpec("cifar100", 3, 32, ("train", "test"), 100,
+                      "Run with --download, or extract cifar-100-python.tar.gz into the data "
+                      "directory (folder cifar-100-python).", _cifar("cifar100", tvd.CIFAR100)))
+_register(DatasetSpec("svhn", 3, 32, ("train", "test", "extra"), 10,
+                      "Run with --download, or put train_32x32.mat / test_32x32.mat in "
+                      "<data dir>/svhn.", _load_svhn))
+_register(DatasetSpec("celeba", 3, 32, ("train", "valid", "test", "all"), 10177,
+                      "torchvision downloads CelebA from Google Drive (needs gdown); or put "
+                      "img_align_celeba/ and the six list_*.txt/identity files in "
+                      "<data dir>/celeba.", _load_celeba))
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASETS)
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    mirror: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    channels: int = 1,
+    size: int = 32,
+) -> ImageSet:
+    """Load one split of a dataset as uint8 ``[N, C, H, W]`` at its native size.
+
+    ``channels``/``size`` only matter for loaders that must resize on load (``celeba``,
+    ``folder:PATH``); use :func:`dgmood.data.transforms.match_format` to make sets comparable.
+    """
+    req = LoadRequest(
+        root=resolve_data_dir(data_dir),
+        split=split,
+        download=download,
+        mirror=resolve_mirror(mirror),
+        verify=verify,
+        channels=channels,
+        size=size,
+    )
+    if name.startswith("folder:"):
+        return _load_folder(Path(name.removeprefix("folder:")).expanduser(), req)
+    if name not in DATASETS:
+        as_path = Path(name).expanduser()
+        if as_path.exists():
+            return _load_folder(as_path, req)
+        raise DataError(f"unknown dataset {name!r}; known: {dataset_names()} or folder:PATH")
+    req.root.mkdir(parents=True, exist_ok=True)
+    return DATASETS[name].load(req)
