@@ -84,8 +84,17 @@ def _coerce(tp: Any, value: Any) -> Any:
         if value is None:
             return None
         return _coerce(args[0], value) if len(args) == 1 else value
-    if tp is float and isinstance(value, int):
-        return float(value)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" as a string
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if tp in (int, bool, str) and not isinstance(value, tp):
+        raise ValueError(f"expected {tp.__name__}, got {value!r}")
     return value
 
 

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,8 +259,20 @@ def _load_celeba(req: LoadRequest) -> ImageSet:
     return ImageSet("celeba", req.split, torch.from_numpy(out), torch.from_numpy(labels))
 
 
+def _rgb_square(image: Any, size: int) -> Tensor:
+    """Colour photo -> uint8 [3, size, size]: centre crop to a square, then resize."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+
 def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
-    from dgmood.data.images import load_image, mnistify, to_rgb_square
+    from dgmood.data.images import load_image, mnistify
 
     if path.is_file():
         files = [path]
@@ -277,7 +290,7 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
         if req.channels == 1:
             tensors.append(mnistify(image, size=req.size))
         else:
-            tensors.append(to_rgb_square(image, size=req.size))
+            tensors.append(_rgb_square(image, req.size))
     images = torch.stack(tensors)
     return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
 

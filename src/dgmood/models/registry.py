@@ -81,9 +81,9 @@ def register_alias(name: str, family: str, **overrides: Any) -> None:
 
 
 def model_names() -> list[str]:
-    """Every name ``dgmood train`` accepts: families and architecture aliases."""
+    """Every name ``dgmood train`` accepts: families with presets, and architecture aliases."""
     _ensure_loaded()
-    return sorted(set(_FAMILIES) | set(_ALIASES))
+    return sorted((set(_FAMILIES) & set(_PRESETS)) | set(_ALIASES))
 
 
 def resolve_model(name: str, preset: str = "cpu") -> ModelConfig:

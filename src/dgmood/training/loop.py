@@ -271,7 +271,7 @@ def train(
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingDivergedError(
-                f"loss became {float(loss)} at step {step}; training stopped. The last good "
+                f"loss became {loss.item()} at step {step}; training stopped. The last good "
                 f"checkpoint (step {last_good_step}) is kept in {run_dir}. Lower --set "
                 "train.lr, raise train.warmup_steps or train.grad_clip, and resume or restart."
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -130,7 +131,7 @@ class MultiscaleFlow(DensityModel):
         shapes = self.latent_shapes()
         top = latents[-1]
         if top is None:
-            like = torch.zeros(n, *shapes[-1], device=self._device())
+            like = torch.zeros(n, *shapes[-1], **self._factory())
             mean, log_std = self.top_prior.params(like)
             top = mean + temperature * torch.exp(log_std) * torch.randn_like(mean)
         h = top
@@ -138,7 +139,7 @@ class MultiscaleFlow(DensityModel):
             if i < len(self.splits):
                 factored = latents[i]
                 if factored is None:
-                    like = torch.zeros(n, *shapes[i], device=h.device)
+                    like = torch.zeros(n, *shapes[i], **self._factory())
                     mean, log_std = self.splits[i].prior.params(like, h)
                     factored = mean + temperature * torch.exp(log_std) * torch.randn_like(mean)
                 h = torch.cat([h, factored], dim=1)
@@ -155,11 +156,12 @@ class MultiscaleFlow(DensityModel):
             was_training = self.training
             self.eval()
             with torch.no_grad():
-                probe = torch.zeros(1, *self.input_spec.shape, device=self._device())
+                probe = torch.zeros(1, *self.input_spec.shape, **self._factory())
                 latents, _, _ = self.encode(probe)
             self.train(was_training)
             self._latent_shapes = [tuple(z.shape[1:]) for z in latents]
         return self._latent_shapes
 
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
+    def _factory(self) -> dict[str, Any]:
+        param = next(self.parameters())
+        return {"device": param.device, "dtype": param.dtype}

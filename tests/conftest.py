@@ -1,0 +1,33 @@
+"""Shared fixtures: the real MNIST / Fashion-MNIST files through the project's mirror logic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgmood.data.sources import MIRROR_ENV
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The local mirror of raw dataset files ($DGMOOD_MIRROR; `./dev test` sets it)."""
+    value = os.environ.get(MIRROR_ENV)
+    if not value:
+        pytest.fail(f"${MIRROR_ENV} is not set: run the suite with `./dev test`, or point it at "
+                    "a folder holding mnist/ and fashion-mnist/ raw files")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory shared by the whole session (datasets extracted once)."""
+    return tmp_path_factory.mktemp("dgmood-data")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    monkeypatch.setenv("DGMOOD_DATA", str(data_dir))
+    torch.manual_seed(0)

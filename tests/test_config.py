@@ -1,0 +1,40 @@
+"""Configs: frozen, round-trip through YAML for every family, typed overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dgmood.config import RunConfig, replace_path
+from dgmood.models.registry import model_names
+from dgmood.presets import TRAIN_PRESETS, run_preset
+
+
+@pytest.mark.parametrize("model", model_names())
+@pytest.mark.parametrize("preset", ["tiny", "cpu"])
+def test_every_model_config_round_trips_through_yaml(model: str, preset: str) -> None:
+    config = run_preset(model, preset, "fashion-mnist")
+    assert RunConfig.from_yaml(config.to_yaml()) == config
+
+
+def test_configs_are_frozen() -> None:
+    config = run_preset("glow", "tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.steps = 3  # type: ignore[misc]
+
+
+def test_overrides_are_typed_and_checked() -> None:
+    config = run_preset("glow", "tiny")
+    changed = replace_path(config, "train.lr", "3e-4")
+    changed = replace_path(changed, "model.hidden_channels", "7")
+    assert changed.train.lr == 3e-4 and changed.model.hidden_channels == 7
+    assert config.train.lr == TRAIN_PRESETS["tiny"].lr  # the original is untouched
+    with pytest.raises(ValueError, match="unknown config key 'stepz'"):
+        replace_path(config, "train.stepz", "3")
+
+
+def test_unknown_yaml_field_is_rejected() -> None:
+    text = run_preset("glow", "tiny").to_yaml().replace("n_steps:", "n_stepz:")
+    with pytest.raises(ValueError, match="n_stepz"):
+        RunConfig.from_yaml(text)
