@@ -1,0 +1,201 @@
+"""Any image file -> an MNIST-like uint8 tensor a model can score ("MNIST-ify").
+
+The path, one function a step::
+
+    image = load_image("chicken.jpg")            # PIL image; one clear error if unreadable
+    x = mnistify(image, size=32)                 # uint8 [1, 32, 32], white strokes on black
+    x = to_channels(x, 3)                        # only if the model wants RGB (explicit)
+    model_input = to_model_input(x[None], model.input_spec)   # dgmood.data.dequantize
+
+:func:`mnistify` does, in order:
+
+1. flatten transparency onto white (as an image viewer shows it) and convert to grayscale
+   with the ITU-R 601-2 luma transform (Pillow's ``"L"`` mode);
+2. centre-crop to a square, so nothing is stretched;
+3. resize (Lanczos, antialiased) to ``size`` minus the padding;
+4. match MNIST's intensity convention, bright strokes on a dark background: with
+   ``invert=None`` the image is inverted when its border (the outer 5% of the square) is on
+   average brighter than mid-gray, as for a dark digit drawn on white paper or most photos
+   of objects on a light background; ``invert=True/False`` forces the choice;
+5. optionally stretch intensities to the full 0..255 range (autocontrast), as MNIST digits
+   use it;
+6. pad with black to ``size`` (``pad_fraction`` of the side on each edge);
+   ``MNIST_PAD_FRACTION`` reproduces MNIST's 20-pixel digit box inside a 32-pixel frame.
+
+References:
+    LeCun et al., "Gradient-based learning applied to document recognition", 1998 (MNIST's
+    normalisation); "Passing a chicken through an MNIST model" (2018), the MNIST-ified chicken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from dgmood.data.transforms import to_channels as dataset_to_channels
+
+SUPPORTED_FORMATS = "PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM (any still image Pillow can decode)"
+MNIST_PAD_FRACTION = 6 / 32  # MNIST: 20x20 digit box centred in 28x28, zero-padded to 32x32
+_BORDER_FRACTION = 0.05  # share of the square's side that counts as border for auto-invert
+
+
+class ImageLoadError(ValueError):
+    """An image file could not be read (missing, unreadable, or not an image)."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode one image file, applying its EXIF orientation.
+
+    Raises :class:`ImageLoadError`, naming the file and the supported formats, for a missing
+    file, a directory, a file without read permission, and anything Pillow cannot decode
+    (including truncated files). Multi-frame files give their first frame.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "it is a directory"
+    except PermissionError:
+        reason = "permission denied"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = f"not a readable image: {error}"
+    else:
+        return image
+    raise ImageLoadError(
+        f"cannot load image {str(path)!r} ({reason}); supported: {SUPPORTED_FORMATS}"
+    )
+
+
+def _to_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    array = image
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(
+            f"expected an array of shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+            f"got {list(array.shape)}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError("float image arrays must hold finite values in [0, 1]")
+        array = np.round(array * 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8, bool or float in [0, 1]; got {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float grayscale: map the data range linearly onto 0..255
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+        return Image.fromarray(np.round(scaled).astype(np.uint8))
+    return image.convert("L")
+
+
+def _border_mean(gray: np.ndarray) -> float:
+    side = gray.shape[0]
+    width = max(1, round(_BORDER_FRACTION * side))
+    border = np.ones(gray.shape, dtype=bool)
+    border[width : side - width, width : side - width] = False
+    return float(gray[border].mean())
+
+
+def _stretch_to_full_range(gray: np.ndarray) -> np.ndarray:
+    # Pillow's ImageOps.autocontrast truncates, so its maximum can land on 254
+    low, high = int(gray.min()), int(gray.max())
+    if high == low:
+        return gray
+    scaled = (gray.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.round(scaled).astype(np.uint8)
+
+
+def mnistify(
+    image: Image.Image | np.ndarray,
+    size: int = 32,
+    invert: bool | None = None,
+    pad_fraction: float = 0.0,
+    autocontrast: bool = True,
+) -> Tensor:
+    """Turn any image into a uint8 tensor ``[1, size, size]`` in MNIST's convention.
+
+    ``image`` is a PIL image or an ``[H, W(, C)]`` array (uint8, bool, or float in [0, 1]).
+    ``invert=None`` auto-detects a bright background by the border's mean brightness;
+    ``pad_fraction`` is the share of ``size`` left black on each edge (``MNIST_PAD_FRACTION``
+    mimics MNIST's digit box). See the module docstring for every step.
+
+    References:
+        "Passing a chicken through an MNIST model" (2018).
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if not 0.0 <= pad_fraction < 0.5:
+        raise ValueError(f"pad_fraction must be in [0, 0.5), got {pad_fraction}")
+    pad = round(pad_fraction * size)
+    content_side = size - 2 * pad
+    if content_side < 1:
+        raise ValueError(f"pad_fraction={pad_fraction} leaves no room in a {size}px image")
+
+    gray = _to_grayscale(_to_pil(image))
+    width, height = gray.size
+    if width == 0 or height == 0:
+        raise ValueError(f"image is empty ({width}x{height})")
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = gray.crop((left, top, left + side, top + side))
+
+    if invert is None:
+        invert = _border_mean(np.asarray(square)) > 127.5
+    content = square.resize((content_side, content_side), Image.Resampling.LANCZOS)
+    if invert:
+        content = ImageOps.invert(content)
+    content_pixels = np.asarray(content)
+    if autocontrast:
+        content_pixels = _stretch_to_full_range(content_pixels)
+
+    pixels = np.zeros((size, size), dtype=np.uint8)
+    pixels[pad : pad + content_side, pad : pad + content_side] = content_pixels
+    return torch.from_numpy(pixels)[None]
+
+
+def to_channels(x_uint8: Tensor, channels: int) -> Tensor:
+    """Convert one uint8 image ``[C, H, W]`` or a batch ``[N, C, H, W]`` to 1 or 3 channels.
+
+    Gray -> RGB repeats the channel; RGB -> gray is ITU-R 601 luma, rounded. The arithmetic
+    is :func:`dgmood.data.transforms.to_channels`, so user images and datasets agree.
+    Returns the input unchanged when it already has ``channels`` channels.
+    """
+    if x_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {x_uint8.dtype}")
+    if x_uint8.ndim not in (3, 4):
+        raise ValueError(f"expected [C, H, W] or [N, C, H, W], got shape {list(x_uint8.shape)}")
+    current = x_uint8.shape[-3]
+    if channels not in (1, 3) or current not in (1, 3):
+        raise ValueError(f"can convert only between 1 and 3 channels, got {current} -> {channels}")
+    if current == channels:
+        return x_uint8
+    if x_uint8.ndim == 3:
+        return dataset_to_channels(x_uint8[None], channels)[0]
+    return dataset_to_channels(x_uint8, channels)

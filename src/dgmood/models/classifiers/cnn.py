@@ -1,0 +1,116 @@
+"""A small convolutional classifier: the max-softmax baseline of the chicken post.
+
+Each block is ``conv3x3 -> BatchNorm -> ReLU -> maxpool2`` (halving height and width); the
+flattened maps go through one fully-connected ReLU layer whose output is the penultimate
+feature vector (used by the Mahalanobis score), then dropout and a linear head. With the
+``cpu`` preset it reaches >= 99% MNIST test accuracy in a few epochs on a CPU.
+
+References:
+    "Passing a chicken through an MNIST model" (2018), the CNN on 32x32 MNIST;
+    Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and Out-of-Distribution
+    Examples in Neural Networks", ICLR 2017.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from dgmood.config import DataConfig, ModelConfig
+from dgmood.models.base import Classifier, InputSpec
+from dgmood.models.registry import register_family, register_presets
+
+
+@dataclass(frozen=True)
+class CNNConfig(ModelConfig):
+    """Architecture of :class:`MNISTCNN`."""
+
+    family: ClassVar[str] = "cnn"
+
+    channels: tuple[int, ...] = (32, 64, 128)  # output channels of each conv block
+    hidden_width: int = 128  # width of the penultimate FC layer = feature dimension
+    dropout: float = 0.3  # dropout probability on the features before the linear head
+    num_classes: int = 10  # number of output classes (logits)
+
+
+class MNISTCNN(Classifier):
+    """Conv blocks + one hidden FC layer + linear head, for ``[B, C, H, W]`` images in [0, 1].
+
+    Pixels map as ``k -> k / 255`` (``InputSpec(low=0, high=1, discrete=True)``).
+
+    References:
+        Hendrycks & Gimpel, ICLR 2017 (max-softmax baseline on such a classifier).
+    """
+
+    def __init__(self, config: CNNConfig, input_shape: tuple[int, int, int] = (1, 32, 32)):
+        super().__init__()
+        if not config.channels:
+            raise ValueError("CNNConfig.channels needs at least one conv block")
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+        in_channels, height, width = input_shape
+        for _ in config.channels:
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"input {input_shape} is too small for {len(config.channels)} pooling blocks"
+            )
+        self.config = config
+        self.input_spec = InputSpec(
+            shape=tuple(input_shape), n_bits=8, low=0.0, high=1.0, discrete=True
+        )
+        self.num_classes = config.num_classes
+        self.feature_dim = config.hidden_width
+
+        blocks: list[nn.Module] = []
+        previous = in_channels
+        for out_channels in config.channels:
+            blocks += [
+                nn.Conv2d(previous, out_channels, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            previous = out_channels
+        self.conv = nn.Sequential(*blocks)
+        self.hidden = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(previous * height * width, config.hidden_width),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_width, config.num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``[B, hidden_width]`` (after the hidden ReLU, before dropout)."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_spec.shape:
+            raise ValueError(
+                f"expected images of shape [batch, {', '.join(map(str, self.input_spec.shape))}]"
+                f", got {list(x.shape)}; convert with dgmood.data.images.mnistify/to_channels"
+            )
+        return self.hidden(self.conv(x))
+
+    def head(self, features: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` from penultimate features."""
+        return self.classifier(self.dropout(features))
+
+
+@register_family(CNNConfig)
+def build_cnn(config: CNNConfig, data: DataConfig) -> MNISTCNN:
+    """Build a :class:`MNISTCNN` for ``data.channels`` x ``data.image_size``^2 images."""
+    return MNISTCNN(config, input_shape=(data.channels, data.image_size, data.image_size))
+
+
+register_presets(
+    "cnn",
+    {
+        # seconds per epoch; for tests and smoke runs, not for accuracy
+        "tiny": CNNConfig(channels=(8, 16), hidden_width=32, dropout=0.1),
+        # >= 99% MNIST test accuracy after a few CPU epochs
+        "cpu": CNNConfig(channels=(32, 64, 128), hidden_width=128, dropout=0.3),
+        # the post does not publish its CNN (it reports ~98% test accuracy); same as cpu
+        "paper": CNNConfig(channels=(32, 64, 128), hidden_width=128, dropout=0.3),
+    },
+)

@@ -1,0 +1,207 @@
+"""Any image -> MNIST-like uint8 [1, size, size]; clear errors for files that are not images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image, ImageDraw
+
+from dgmood.data.images import (
+    MNIST_PAD_FRACTION,
+    ImageLoadError,
+    load_image,
+    mnistify,
+    to_channels,
+)
+
+
+def _drawn_digit(
+    background: int = 255, ink: int = 0, size: tuple[int, int] = (120, 100)
+) -> Image.Image:
+    """A dark '7'-like stroke on a light sheet, as a user would draw it."""
+    image = Image.new("L", size, color=background)
+    draw = ImageDraw.Draw(image)
+    draw.line([(30, 30), (90, 30), (50, 95)], fill=ink, width=9)
+    return image
+
+
+def test_white_background_drawing_becomes_white_on_black() -> None:
+    x = mnistify(_drawn_digit())
+    assert x.shape == (1, 32, 32) and x.dtype == torch.uint8
+    corners = x[0, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 0).all()
+    assert x.max() == 255
+    # the stroke is a minority of pixels, as in MNIST
+    assert (x > 127).float().mean() < 0.3
+
+
+def test_dark_background_image_is_not_inverted_automatically() -> None:
+    x = mnistify(_drawn_digit(background=0, ink=255))
+    assert x[0, 0, 0] == 0 and x.max() == 255
+
+
+def test_forced_inversion_overrides_auto_detection() -> None:
+    kept = mnistify(_drawn_digit(), invert=False)
+    assert kept[0, 0, 0] == 255
+    inverted = mnistify(_drawn_digit(background=0, ink=255), invert=True)
+    assert inverted[0, 0, 0] == 255
+    torch.testing.assert_close(mnistify(_drawn_digit(), invert=True), mnistify(_drawn_digit()))
+
+
+def test_mnist_like_input_at_target_size_is_unchanged() -> None:
+    pixels = np.zeros((32, 32), dtype=np.uint8)
+    pixels[8:24, 14:18] = 255
+    pixels[10, 10] = 128
+    torch.testing.assert_close(mnistify(pixels), torch.from_numpy(pixels)[None])
+
+
+def test_centre_crop_keeps_the_middle_without_stretching() -> None:
+    wide = np.full((30, 90), 255, dtype=np.uint8)
+    wide[:, 30:60] = 0  # only the centre square is dark
+    x = mnistify(wide, invert=False, autocontrast=False)
+    assert (x == 0).all()
+
+
+def test_autocontrast_stretches_to_full_range() -> None:
+    ramp = np.tile(np.linspace(100, 150, 64).astype(np.uint8), (64, 1))
+    stretched = mnistify(ramp, invert=False)
+    assert stretched.min() == 0 and stretched.max() == 255
+    plain = mnistify(ramp, invert=False, autocontrast=False)
+    assert 95 <= plain.min() and plain.max() <= 155
+
+
+def test_pad_fraction_leaves_a_black_frame() -> None:
+    x = mnistify(_drawn_digit(), pad_fraction=MNIST_PAD_FRACTION)
+    assert (x[0, :6] == 0).all() and (x[0, -6:] == 0).all()
+    assert (x[0, :, :6] == 0).all() and (x[0, :, -6:] == 0).all()
+    assert x[0, 6:26, 6:26].max() == 255
+    with pytest.raises(ValueError):
+        mnistify(_drawn_digit(), pad_fraction=0.5)
+
+
+def test_transparent_background_counts_as_white() -> None:
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(rgba).line([(10, 32), (54, 32)], fill=(0, 0, 0, 255), width=6)
+    x = mnistify(rgba)
+    assert x[0, 0, 0] == 0 and x[0, 16].max() == 255
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1", "I;16", "F"])
+@pytest.mark.parametrize("size", [(5, 5), (17, 50), (451, 300)])
+def test_any_pil_mode_and_size_gives_uint8_1x32x32(mode: str, size: tuple[int, int]) -> None:
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    ).convert(mode)
+    x = mnistify(image)
+    assert x.shape == (1, 32, 32) and x.dtype == torch.uint8
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((40, 60), dtype=np.uint8),
+        np.ones((40, 60, 1), dtype=np.uint8),
+        np.zeros((40, 60, 3), dtype=np.uint8),
+        np.zeros((40, 60, 4), dtype=np.uint8),
+        np.random.default_rng(0).random((33, 33)),
+        np.eye(50, dtype=bool),
+    ],
+)
+def test_any_array_layout_gives_uint8_1x32x32(array: np.ndarray) -> None:
+    x = mnistify(array)
+    assert x.shape == (1, 32, 32) and x.dtype == torch.uint8
+    assert mnistify(array, size=28).shape == (1, 28, 28)
+
+
+def test_bad_arrays_raise_value_error() -> None:
+    with pytest.raises(ValueError):
+        mnistify(np.zeros((4, 4, 2), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        mnistify(np.full((4, 4), 2.0))
+    with pytest.raises(ValueError):
+        mnistify(np.zeros((4, 4), dtype=np.int64))
+
+
+@pytest.mark.parametrize("photo", [skimage.data.chelsea, skimage.data.astronaut])
+def test_natural_photo_goes_through_the_whole_path(photo, tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(photo()).save(path, quality=90)
+    x = mnistify(load_image(path))
+    assert x.shape == (1, 32, 32) and x.dtype == torch.uint8
+    assert x.min() == 0 and x.max() == 255
+    assert x.float().std() > 20  # still a picture, not a flat field
+    rgb = to_channels(x, 3)
+    assert rgb.shape == (3, 32, 32)
+
+
+def test_text_file_renamed_png_raises_image_load_error(tmp_path: Path) -> None:
+    path = tmp_path / "chicken.png"
+    path.write_text("definitely not a picture of a chicken\n")
+    with pytest.raises(ImageLoadError, match="chicken.png") as raised:
+        load_image(path)
+    assert isinstance(raised.value, ValueError)
+    assert "PNG" in str(raised.value) and "JPEG" in str(raised.value)
+
+
+def test_missing_directory_and_truncated_files_raise_image_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(ImageLoadError, match="directory"):
+        load_image(tmp_path)
+    good = tmp_path / "good.png"
+    _drawn_digit().save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ImageLoadError, match="truncated.png"):
+        load_image(truncated)
+
+
+def test_load_image_reads_pixels_and_applies_exif_rotation(tmp_path: Path) -> None:
+    original = _drawn_digit(size=(120, 100))
+    plain = tmp_path / "plain.png"
+    original.save(plain)
+    loaded = load_image(plain)
+    assert loaded.size == (120, 100)
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(original))
+
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    original.save(rotated, exif=exif)
+    assert load_image(rotated).size == (100, 120)
+
+
+def test_to_channels_gray_to_rgb_and_back() -> None:
+    gray = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    rgb = to_channels(gray, 3)
+    assert rgb.shape == (2, 3, 8, 8)
+    assert (rgb == gray).all()
+    torch.testing.assert_close(to_channels(rgb, 1), gray)
+    assert to_channels(gray, 1) is gray
+
+
+def test_to_channels_rgb_to_gray_is_rounded_601_luma_for_images_and_batches() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    gray = to_channels(image, 1)
+    assert gray.shape == (1, 16, 16) and gray.dtype == torch.uint8
+    # float32 arithmetic may land on the other side of .5 at exact ties, never further off
+    assert np.abs(gray[0].numpy().astype(np.float64) - luma).max() <= 0.5 + 1e-3
+    assert (np.abs(gray[0].numpy() - np.round(luma)) > 0).mean() < 0.01
+    torch.testing.assert_close(to_channels(image[None], 1)[0], gray)
+
+
+def test_to_channels_rejects_bad_inputs() -> None:
+    with pytest.raises(TypeError):
+        to_channels(torch.zeros(1, 4, 4), 3)
+    with pytest.raises(ValueError):
+        to_channels(torch.zeros(2, 4, 4, dtype=torch.uint8), 3)
+    with pytest.raises(ValueError):
+        to_channels(torch.zeros(4, 4, dtype=torch.uint8), 3)
+    with pytest.raises(ValueError):
+        to_channels(torch.zeros(1, 4, 4, dtype=torch.uint8), 2)
