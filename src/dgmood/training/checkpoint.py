@@ -56,8 +56,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Create ``run_dir``; refuse to reuse a non-empty one unless resuming."""
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to reuse a non-empty ``run_dir`` unless resuming (changes nothing)."""
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RunDirError(
             f"run directory {run_dir} already exists and is not empty; pass --resume to "
@@ -65,6 +65,11 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         )
     if resume and not (run_dir / CONFIG_FILE).exists():
         raise RunDirError(f"cannot resume: {run_dir / CONFIG_FILE} does not exist")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Check ``run_dir`` (see :func:`check_run_dir`) and create it."""
+    check_run_dir(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -35,6 +35,7 @@ from dgmood.training.checkpoint import (
     append_metrics,
     atomic_write_text,
     load_training_state,
+    check_run_dir,
     prepare_run_dir,
     read_metrics,
     save_model,
@@ -184,18 +185,7 @@ def train(
     """
     run_dir = Path(run_dir)
     sources = sources or DataSources()
-    prepare_run_dir(run_dir, resume)
-    state: dict[str, Any] | None = None
-    if resume and (run_dir / STATE_FILE).exists():
-        stored = RunConfig.load(run_dir / CONFIG_FILE)
-        if stored.model != config.model or stored.data != config.data:
-            raise ValueError(
-                f"cannot resume {run_dir}: its model/data config differs from the one given; "
-                "resume with the stored config (dgmood train --resume RUN_DIR)"
-            )
-        state = load_training_state(run_dir / STATE_FILE)
-    config.save(run_dir / CONFIG_FILE)
-
+    check_run_dir(run_dir, resume)
     train_cfg, data_cfg = config.train, config.data
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
@@ -215,6 +205,18 @@ def train(
         raise ValueError(
             f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
         )
+
+    prepare_run_dir(run_dir, resume)  # only now: a bad dataset leaves nothing behind
+    state: dict[str, Any] | None = None
+    if resume and (run_dir / STATE_FILE).exists():
+        stored = RunConfig.load(run_dir / CONFIG_FILE)
+        if stored.model != config.model or stored.data != config.data:
+            raise ValueError(
+                f"cannot resume {run_dir}: its model/data config differs from the one given; "
+                "resume with the stored config (dgmood train --resume RUN_DIR)"
+            )
+        state = load_training_state(run_dir / STATE_FILE)
+    config.save(run_dir / CONFIG_FILE)
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(config.model, data_cfg).to(dev)
