@@ -10,6 +10,7 @@ import skimage.data
 import torch
 from PIL import Image, ImageDraw
 
+from dgmood.data.errors import DataError
 from dgmood.data.images import (
     MNIST_PAD_FRACTION,
     ImageLoadError,
@@ -143,7 +144,7 @@ def test_text_file_renamed_png_raises_image_load_error(tmp_path: Path) -> None:
     path.write_text("definitely not a picture of a chicken\n")
     with pytest.raises(ImageLoadError, match="chicken.png") as raised:
         load_image(path)
-    assert isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, DataError)
     assert "PNG" in str(raised.value) and "JPEG" in str(raised.value)
 
 

@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from dgmood.data.errors import DataError
 from dgmood.data.transforms import to_channels as dataset_to_channels
 
 SUPPORTED_FORMATS = "PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM (any still image Pillow can decode)"
@@ -43,8 +44,11 @@ MNIST_PAD_FRACTION = 6 / 32  # MNIST: 20x20 digit box centred in 28x28, zero-pad
 _BORDER_FRACTION = 0.05  # share of the square's side that counts as border for auto-invert
 
 
-class ImageLoadError(ValueError):
-    """An image file could not be read (missing, unreadable, or not an image)."""
+class ImageLoadError(DataError, ValueError):
+    """An image file could not be read (missing, unreadable, or not an image).
+
+    A :class:`DataError` like every data problem a user can fix, and a ``ValueError``.
+    """
 
 
 def load_image(path: str | Path) -> Image.Image:

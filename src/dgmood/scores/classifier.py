@@ -208,7 +208,13 @@ def mahalanobis_distances(features: ArrayLike, gaussians: ClassGaussians) -> Ten
         )
     whitened = features @ gaussians.whitening.T
     whitened_means = gaussians.means @ gaussians.whitening.T
-    return (whitened[:, None, :] - whitened_means[None, :, :]).square().sum(dim=-1)
+    # ||a - b||^2 expanded: O(N K) memory instead of O(N K D); float64 keeps it exact enough
+    squared = (
+        whitened.square().sum(dim=1, keepdim=True)
+        - 2.0 * whitened @ whitened_means.T
+        + whitened_means.square().sum(dim=1)[None, :]
+    )
+    return squared.clamp_min(0.0)
 
 
 def mahalanobis_score(features: ArrayLike, gaussians: ClassGaussians) -> Tensor:
