@@ -6,4 +6,5 @@ __all__ = ["Classifier", "DensityModel", "InputSpec", "bits_per_dim"]
 
 # Each family module registers itself; a family that fails to import is a bug, not optional.
 from dgmood.models import flows  # noqa: E402,F401
+from dgmood.models.autoregressive import pixelcnnpp  # noqa: E402,F401
 from dgmood.models.classifiers import cnn  # noqa: E402,F401
