@@ -62,8 +62,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     def train_step() -> None:
         x = batch()
-        loss = model.training_loss(x, labels)[0] if isinstance(model, Classifier) else \
-            model.training_loss(x)[0]
+        loss = (
+            model.training_loss(x, labels)[0]
+            if isinstance(model, Classifier)
+            else model.training_loss(x)[0]
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,8 +81,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         train_step()
     sync(device)
     train_seconds = time.perf_counter() - start
-    train_peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    train_peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
 
     model.eval()
     score_fn = (lambda x: model(x)) if isinstance(model, Classifier) else model.log_prob
@@ -112,8 +118,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="glow")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--channels", type=int, default=1)

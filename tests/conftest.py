@@ -16,8 +16,10 @@ def mirror() -> Path:
     """The local mirror of raw dataset files ($DGMOOD_MIRROR; `./dev test` sets it)."""
     value = os.environ.get(MIRROR_ENV)
     if not value:
-        pytest.fail(f"${MIRROR_ENV} is not set: run the suite with `./dev test`, or point it at "
-                    "a folder holding mnist/ and fashion-mnist/ raw files")
+        pytest.fail(
+            f"${MIRROR_ENV} is not set: run the suite with `./dev test`, or point it at "
+            "a folder holding mnist/ and fashion-mnist/ raw files"
+        )
     return Path(value)
 
 

@@ -21,9 +21,22 @@ def invoke(*args: str) -> object:
 def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> None:
     run = tmp_path / "run"
     common = ["--mirror", str(mirror)]
-    result = invoke("train", "cv-glow", "--preset", "tiny", "--run-dir", str(run),
-                    "--set", "train.steps=6", "--set", "data.train_limit=256",
-                    "--set", "data.val_size=64", "--no-progress", *common)
+    result = invoke(
+        "train",
+        "cv-glow",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.steps=6",
+        "--set",
+        "data.train_limit=256",
+        "--set",
+        "data.val_size=64",
+        "--no-progress",
+        *common,
+    )
     assert result.exit_code == 0, result.output
     assert "trained 6 steps" in result.output
 
@@ -33,8 +46,19 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     assert len(list((run / "scores").glob("*.npz"))) == 1
 
     out = tmp_path / "eval"
-    result = invoke("evaluate", str(run), "--ood", "mnist", "--limit", "100",
-                    "--train-limit", "100", "--out-dir", str(out), *common)
+    result = invoke(
+        "evaluate",
+        str(run),
+        "--ood",
+        "mnist",
+        "--limit",
+        "100",
+        "--train-limit",
+        "100",
+        "--out-dir",
+        str(out),
+        *common,
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert [s["role"] for s in results["sets"]] == ["in-train", "in-test", "ood"]
@@ -44,8 +68,19 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
 
     # the demo command, tiny: trains, scores both test sets, writes the report
     report = tmp_path / "report"
-    result = invoke("reproduce", "fashion-mnist", "--preset", "tiny", "--steps", "4",
-                    "--limit", "64", "--out-dir", str(report), *common)
+    result = invoke(
+        "reproduce",
+        "fashion-mnist",
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--limit",
+        "64",
+        "--out-dir",
+        str(report),
+        *common,
+    )
     assert result.exit_code == 0, result.output
     assert "AUROC of -log p(x)" in result.output
     assert (report / "table.md").read_text().count("|") > 20
@@ -54,24 +89,38 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
 def test_existing_run_dir_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
-    result = runner.invoke(app, ["train", "glow", "--preset", "tiny", "--run-dir",
-                                 str(tmp_path / "run")])
+    result = runner.invoke(
+        app, ["train", "glow", "--preset", "tiny", "--run-dir", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2
     assert "already exists" in result.output and "Traceback" not in result.output
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "glow", "--preset", "tiny", "--dataset", "svhn",
-                                 "--run-dir", str(tmp_path / "r"), "--data-dir",
-                                 str(tmp_path / "nodata")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "glow",
+            "--preset",
+            "tiny",
+            "--dataset",
+            "svhn",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--data-dir",
+            str(tmp_path / "nodata"),
+        ],
+    )
     assert result.exit_code == 2
     assert "not found" in result.output and "--download" in result.output
     assert not (tmp_path / "r").exists()  # nothing half-made is left behind
 
 
 def test_bad_override_is_one_clear_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "glow", "--set", "train.lr=fast", "--run-dir",
-                                 str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["train", "glow", "--set", "train.lr=fast", "--run-dir", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2 and "expected a number" in result.output
 
 

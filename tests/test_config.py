@@ -38,3 +38,15 @@ def test_unknown_yaml_field_is_rejected() -> None:
     text = run_preset("glow", "tiny").to_yaml().replace("n_steps:", "n_stepz:")
     with pytest.raises(ValueError, match="n_stepz"):
         RunConfig.from_yaml(text)
+
+
+def test_shipped_yaml_configs_load_and_match_their_presets() -> None:
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert files, "configs/ should ship YAML presets"
+    for path in files:
+        config = RunConfig.load(path)
+        model, preset = config.preset.split("/")
+        assert config == run_preset(model, preset, config.data.dataset), path.name

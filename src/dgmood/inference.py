@@ -90,8 +90,13 @@ def score_cached(
         with np.load(path) as stored:
             return {k: stored[k] for k in stored.files}
     stats = score_images(
-        model, imageset.images, batch_size=batch_size, dequantization=dequantization,
-        seed=seed, progress=progress, desc=f"score {imageset.label}",
+        model,
+        imageset.images,
+        batch_size=batch_size,
+        dequantization=dequantization,
+        seed=seed,
+        progress=progress,
+        desc=f"score {imageset.label}",
     )
     buffer = io.BytesIO()
     np.savez(buffer, **stats)

@@ -10,27 +10,61 @@ from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.models.registry import resolve_model
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "tiny": TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=0,
-                        checkpoint_every=10, log_every=5),
-    "cpu": TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=500,
-                       checkpoint_every=250, log_every=25),
+    "tiny": TrainConfig(
+        steps=20,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=5,
+        eval_every=0,
+        checkpoint_every=10,
+        log_every=5,
+    ),
+    "cpu": TrainConfig(
+        steps=1500,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=100,
+        eval_every=500,
+        checkpoint_every=250,
+        log_every=25,
+    ),
     # Kingma & Dhariwal: Adamax, lr 1e-3 with linear warm-up; batch 64 on one GPU
-    "paper": TrainConfig(steps=200_000, batch_size=64, optimizer="adamax", lr=1e-3,
-                         warmup_steps=5000, eval_every=5000, checkpoint_every=2000,
-                         log_every=100, channels_last=False),
+    "paper": TrainConfig(
+        steps=200_000,
+        batch_size=64,
+        optimizer="adamax",
+        lr=1e-3,
+        warmup_steps=5000,
+        eval_every=5000,
+        checkpoint_every=2000,
+        log_every=100,
+        channels_last=False,
+    ),
 }
 
-DATASET_CHANNELS = {"mnist": 1, "fashion-mnist": 1, "kmnist": 1, "cifar10": 3, "cifar100": 3,
-                    "svhn": 3, "celeba": 3}
+DATASET_CHANNELS = {
+    "mnist": 1,
+    "fashion-mnist": 1,
+    "kmnist": 1,
+    "cifar10": 3,
+    "cifar100": 3,
+    "svhn": 3,
+    "celeba": 3,
+}
 
 
-def run_preset(model: str, preset: str = "cpu", dataset: str = "fashion-mnist",
-               channels: int | None = None) -> RunConfig:
+def run_preset(
+    model: str, preset: str = "cpu", dataset: str = "fashion-mnist", channels: int | None = None
+) -> RunConfig:
     """A complete run config: ``model`` (family or alias) at size ``preset`` on ``dataset``."""
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(TRAIN_PRESETS)}")
     if channels is None:
         channels = DATASET_CHANNELS.get(dataset, 3)
     data = DataConfig(dataset=dataset, channels=channels)
-    return RunConfig(model=resolve_model(model, preset), data=data, train=TRAIN_PRESETS[preset],
-                     preset=f"{model}/{preset}")
+    return RunConfig(
+        model=resolve_model(model, preset),
+        data=data,
+        train=TRAIN_PRESETS[preset],
+        preset=f"{model}/{preset}",
+    )

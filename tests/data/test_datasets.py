@@ -151,19 +151,23 @@ def test_celeba_fixture_crops_and_resizes(tmp_path: Path) -> None:
         Image.fromarray(array).save(images / name, quality=95)
     header_attr = " ".join(f"a{i}" for i in range(40))
     (folder / "list_attr_celeba.txt").write_text(
-        f"{len(names)}\n{header_attr}\n" + "".join(f"{n} " + " ".join(["1"] * 40) + "\n"
-                                                    for n in names))
-    (folder / "identity_CelebA.txt").write_text("".join(f"{n} {i + 1}\n"
-                                                        for i, n in enumerate(names)))
+        f"{len(names)}\n{header_attr}\n"
+        + "".join(f"{n} " + " ".join(["1"] * 40) + "\n" for n in names)
+    )
+    (folder / "identity_CelebA.txt").write_text(
+        "".join(f"{n} {i + 1}\n" for i, n in enumerate(names))
+    )
     (folder / "list_bbox_celeba.txt").write_text(
-        f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 1 2 3 4\n"
-                                                                    for n in names))
+        f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 1 2 3 4\n" for n in names)
+    )
     (folder / "list_landmarks_align_celeba.txt").write_text(
         f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
-        "leftmouth_y rightmouth_x rightmouth_y\n" + "".join(f"{n} " + " ".join(["1"] * 10)
-                                                            + "\n" for n in names))
+        "leftmouth_y rightmouth_x rightmouth_y\n"
+        + "".join(f"{n} " + " ".join(["1"] * 10) + "\n" for n in names)
+    )
     (folder / "list_eval_partition.txt").write_text(
-        "".join(f"{n} {0 if i < 2 else 2}\n" for i, n in enumerate(names)))
+        "".join(f"{n} {0 if i < 2 else 2}\n" for i, n in enumerate(names))
+    )
     train = load_dataset("celeba", "train", data_dir=tmp_path, verify=False, channels=3, size=32)
     test = load_dataset("celeba", "test", data_dir=tmp_path, verify=False, channels=3, size=32)
     assert train.images.shape == (2, 3, 32, 32) and test.images.shape == (2, 3, 32, 32)

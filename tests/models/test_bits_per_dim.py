@@ -32,8 +32,9 @@ def test_hand_computed_gaussian_case() -> None:
 
 def test_discrete_spec_has_no_scaling_term() -> None:
     spec = InputSpec(shape=(1, 1, 1), discrete=True, low=-1.0, high=1.0)
-    torch.testing.assert_close(bits_per_dim(torch.tensor([-math.log(256.0)]), spec),
-                               torch.tensor([8.0]))
+    torch.testing.assert_close(
+        bits_per_dim(torch.tensor([-math.log(256.0)]), spec), torch.tensor([8.0])
+    )
 
 
 def test_dequantization_is_seeded_pure_and_inside_the_bin() -> None:

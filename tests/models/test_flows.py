@@ -37,6 +37,7 @@ def brute_force_log_det(bijection: Bijection, x: torch.Tensor) -> torch.Tensor:
     """log|det d forward(x_i) / d x_i| for each sample, from the dense Jacobian."""
     out = []
     for sample in x:
+
         def f(flat: torch.Tensor) -> torch.Tensor:
             return bijection(flat.view(1, *x.shape[1:]))[0].reshape(-1)
 
@@ -58,10 +59,13 @@ def make_bijections() -> dict[str, Bijection]:
             checkerboard_mask(h, w, 0), ResNetConditioner(c, 2 * c, 8, 1), AffineTanh(c)
         ),
         "squeeze": Squeeze(),
-        "glow_step": Compose([
-            ActNorm(c), LUInvertibleConv1x1(c),
-            ChannelCoupling(c, GlowConditioner(2, 4, 8), AffineSigmoid()),
-        ]),
+        "glow_step": Compose(
+            [
+                ActNorm(c),
+                LUInvertibleConv1x1(c),
+                ChannelCoupling(c, GlowConditioner(2, 4, 8), AffineSigmoid()),
+            ]
+        ),
     }
 
 
@@ -96,8 +100,9 @@ def test_actnorm_data_dependent_init_standardises_first_batch() -> None:
     x = 3.0 + 2.0 * torch.randn(64, 4, 8, 8)
     z, _ = ActNorm(4)(x)
     torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-4,
-                               rtol=0)
+    torch.testing.assert_close(
+        z.std(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["glow", "glow-additive", "cv-glow", "realnvp"])

@@ -23,8 +23,15 @@ TINY_DATA = DataConfig(dataset="fashion-mnist", train_limit=512, val_size=128)
 
 
 def tiny_run(steps: int = 8, **train_overrides: object) -> RunConfig:
-    train_cfg = TrainConfig(steps=steps, batch_size=16, warmup_steps=2, eval_every=4,
-                            checkpoint_every=4, log_every=2, **train_overrides)
+    train_cfg = TrainConfig(
+        steps=steps,
+        batch_size=16,
+        warmup_steps=2,
+        eval_every=4,
+        checkpoint_every=4,
+        log_every=2,
+        **train_overrides,
+    )
     return RunConfig(model=resolve_model("glow", "tiny"), data=TINY_DATA, train=train_cfg)
 
 
@@ -103,12 +110,15 @@ def _build_exploding(config: ExplodingConfig, data: DataConfig) -> ExplodingDens
     return ExplodingDensity(config.explode_at)
 
 
-def test_nan_loss_stops_with_last_good_checkpoint_kept(tmp_path: Path,
-                                                       sources: DataSources) -> None:
+def test_nan_loss_stops_with_last_good_checkpoint_kept(
+    tmp_path: Path, sources: DataSources
+) -> None:
     config = RunConfig(
-        model=ExplodingConfig(explode_at=5), data=TINY_DATA,
-        train=TrainConfig(steps=20, batch_size=16, checkpoint_every=4, eval_every=0,
-                          log_every=1, warmup_steps=0),
+        model=ExplodingConfig(explode_at=5),
+        data=TINY_DATA,
+        train=TrainConfig(
+            steps=20, batch_size=16, checkpoint_every=4, eval_every=0, log_every=1, warmup_steps=0
+        ),
     )
     with pytest.raises(TrainingDivergedError, match="step 5.*last good checkpoint \\(step 4\\)"):
         train(config, tmp_path / "run", sources=sources, progress=False)

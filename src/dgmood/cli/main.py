@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +27,22 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (default $DGMOOD_DATA or "
-                              "~/.cache/dgmood/data).")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Data directory (default $DGMOOD_DATA or ~/.cache/dgmood/data)."
+    ),
 ]
 Mirror = Annotated[
-    Path | None, typer.Option("--mirror", help="Folder of raw dataset files, one sub-folder "
-                              "per dataset (default $DGMOOD_MIRROR).")
+    Path | None,
+    typer.Option(
+        "--mirror",
+        help="Folder of raw dataset files, one sub-folder per dataset (default $DGMOOD_MIRROR).",
+    ),
 ]
-Download = Annotated[bool, typer.Option("--download", help="Download missing datasets with "
-                                        "torchvision's downloaders.")]
+Download = Annotated[
+    bool,
+    typer.Option("--download", help="Download missing datasets with torchvision's downloaders."),
+]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")]
 
 
@@ -75,8 +81,9 @@ def datasets() -> None:
 
     table = Table("name", "channels", "size", "splits", "how to get")
     for spec in DATASETS.values():
-        table.add_row(spec.name, str(spec.channels), str(spec.size), ",".join(spec.splits),
-                      spec.how_to_get)
+        table.add_row(
+            spec.name, str(spec.channels), str(spec.size), ",".join(spec.splits), spec.how_to_get
+        )
     table.add_row("folder:PATH", "any", "any", "-", "your own images (PNG/JPEG/...)")
     console.print(table)
 
@@ -101,24 +108,52 @@ def _has_preset(resolve: Callable[[str, str], Any], name: str, preset: str) -> b
     return True
 
 
+@app.command("config")
+@user_errors
+def show_config(
+    model: Annotated[str, typer.Argument(help="Model name (see `dgmood models`).")],
+    preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
+    dataset: Annotated[str, typer.Option(help="Training dataset.")] = "fashion-mnist",
+) -> None:
+    """Print the full YAML config of MODEL at --preset (edit it, then `train --config`)."""
+    from dgmood.presets import run_preset
+
+    typer.echo(run_preset(model, preset, dataset).to_yaml(), nl=False)
+
+
 @app.command()
 @user_errors
 def train(
-    model: Annotated[str | None, typer.Argument(help="Model: glow, glow-additive, cv-glow, "
-                                                "realnvp, pixelcnnpp, vae, cnn (see `dgmood "
-                                                "models`).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Model: glow, glow-additive, cv-glow, "
+            "realnvp, pixelcnnpp, vae, cnn (see `dgmood "
+            "models`)."
+        ),
+    ] = None,
     preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
-    dataset: Annotated[str, typer.Option(help="Training dataset (see `dgmood datasets`).")] =
-    "fashion-mnist",
-    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run (must be new "
-                                                 "unless --resume).")] = None,
-    config: Annotated[Path | None, typer.Option(help="A config.yaml to start from instead of "
-                                                "MODEL/--preset.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value, "
-                                                   "e.g. --set train.steps=200 --set "
-                                                   "model.hidden_channels=32.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its last "
-                                         "checkpoint.")] = False,
+    dataset: Annotated[
+        str, typer.Option(help="Training dataset (see `dgmood datasets`).")
+    ] = "fashion-mnist",
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Where to write the run (must be new unless --resume).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A config.yaml to start from instead of MODEL/--preset.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config value, "
+            "e.g. --set train.steps=200 --set "
+            "model.hidden_channels=32.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --run-dir from its last checkpoint.")
+    ] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -137,8 +172,9 @@ def train(
     elif model is not None:
         cfg = run_preset(model, preset, dataset)
     else:
-        raise ValueError("give a MODEL (e.g. `dgmood train glow`), --config, or --resume "
-                         "--run-dir RUN")
+        raise ValueError(
+            "give a MODEL (e.g. `dgmood train glow`), --config, or --resume --run-dir RUN"
+        )
     for assignment in set_ or []:
         key, sep, value = assignment.partition("=")
         if not sep:
@@ -146,8 +182,14 @@ def train(
         cfg = replace_path(cfg, key.strip(), value)
     if run_dir is None:
         run_dir = Path("runs") / f"{(cfg.preset or 'run').replace('/', '-')}-{cfg.data.dataset}"
-    result = train_run(cfg, run_dir, sources=_sources(data_dir, mirror, download), resume=resume,
-                       device=device, progress=progress)
+    result = train_run(
+        cfg,
+        run_dir,
+        sources=_sources(data_dir, mirror, download),
+        resume=resume,
+        device=device,
+        progress=progress,
+    )
     console.print(f"trained {result.step} steps in {result.seconds:.0f} s -> {result.run_dir}")
 
 
@@ -158,8 +200,9 @@ def score(
     dataset: Annotated[str, typer.Option(help="Dataset to score.")] = "mnist",
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     limit: Annotated[int, typer.Option(help="Score only the first N images (0 = all).")] = 0,
-    dequantization: Annotated[str, typer.Option(help="uniform (seeded noise), center or none.")]
-    = "uniform",
+    dequantization: Annotated[
+        str, typer.Option(help="uniform (seeded noise), center or none.")
+    ] = "uniform",
     seed: Annotated[int, typer.Option(help="Seed of the dequantization noise.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     data_dir: DataDir = None,
@@ -173,16 +216,37 @@ def score(
 
     run = load_run(run_dir, device or "cpu")
     data = run.config.data
-    imageset = _sources(data_dir, mirror, download).load(
-        dataset, split, data.channels, data.image_size).head(limit)
-    stats = score_cached(run.model, imageset, run.run_dir, step=run.step, batch_size=batch_size,
-                         dequantization=dequantization, seed=seed)  # type: ignore[arg-type]
-    table = Table("statistic", "mean", "std", "min", "max", title=f"{imageset.label} "
-                  f"({len(imageset)} images) under {run_dir}")
+    imageset = (
+        _sources(data_dir, mirror, download)
+        .load(dataset, split, data.channels, data.image_size)
+        .head(limit)
+    )
+    stats = score_cached(
+        run.model,
+        imageset,
+        run.run_dir,
+        step=run.step,
+        batch_size=batch_size,
+        dequantization=dequantization,
+        seed=seed,
+    )  # type: ignore[arg-type]
+    table = Table(
+        "statistic",
+        "mean",
+        "std",
+        "min",
+        "max",
+        title=f"{imageset.label} ({len(imageset)} images) under {run_dir}",
+    )
     for key, value in stats.items():
         if value.ndim == 1:
-            table.add_row(key, f"{value.mean():.4f}", f"{value.std():.4f}",
-                          f"{value.min():.4f}", f"{value.max():.4f}")
+            table.add_row(
+                key,
+                f"{value.mean():.4f}",
+                f"{value.std():.4f}",
+                f"{value.min():.4f}",
+                f"{value.max():.4f}",
+            )
         else:
             table.add_row(key, f"shape {value.shape}", "", "", "")
     console.print(table)
@@ -193,8 +257,9 @@ def score(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory of a density model.")],
     ood: Annotated[list[str], typer.Option("--ood", help="OOD dataset(s) to compare with.")],
-    out_dir: Annotated[Path | None, typer.Option(help="Where to write results (default "
-                                                 "RUN_DIR/eval).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where to write results (default RUN_DIR/eval).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
     train_limit: Annotated[int, typer.Option(help="Cap the in-dist train split.")] = 10_000,
     dequantization: Annotated[str, typer.Option(help="uniform, center or none.")] = "uniform",
@@ -209,9 +274,15 @@ def evaluate(
     from dgmood.training import load_run
 
     run = load_run(run_dir, device or "cpu")
-    study = likelihood_study(run, list(ood), sources=_sources(data_dir, mirror, download),
-                             limit=limit, train_limit=train_limit,
-                             dequantization=dequantization, seed=seed)  # type: ignore[arg-type]
+    study = likelihood_study(
+        run,
+        list(ood),
+        sources=_sources(data_dir, mirror, download),
+        limit=limit,
+        train_limit=train_limit,
+        dequantization=dequantization,
+        seed=seed,
+    )  # type: ignore[arg-type]
     paths = write_study(study, out_dir or run_dir / "eval")
     console.print(study.table_markdown())
     for name, path in paths.items():
@@ -223,13 +294,12 @@ def evaluate(
 def reproduce_fashion_mnist(
     model: Annotated[str, typer.Option(help="Density model to train.")] = "glow",
     preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
-    steps: Annotated[int | None, typer.Option(help="Override the preset's training steps.")] =
-    None,
-    out_dir: Annotated[Path, typer.Option(help="Folder for the run and the report.")] =
-    Path("reports/fashion-mnist"),
+    steps: Annotated[int | None, typer.Option(help="Override the preset's training steps.")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the run and the report.")] = Path(
+        "reports/fashion-mnist"
+    ),
     limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT_DIR/run.")] =
-    False,
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT_DIR/run.")] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -260,9 +330,11 @@ def reproduce_fashion_mnist(
     console.print(study.table_markdown())
     m = study.metrics[next(iter(study.metrics))]
     verdict = "reproduced" if m.auroc < 0.5 else "NOT reproduced"
-    console.print(f"[bold]AUROC of -log p(x), FashionMNIST (in) vs MNIST (OOD): {m.auroc:.3f}"
-                  f" -> the paper's failure is {verdict} (< 0.5 means MNIST looks *more* "
-                  "in-distribution).[/]")
+    console.print(
+        f"[bold]AUROC of -log p(x), FashionMNIST (in) vs MNIST (OOD): {m.auroc:.3f}"
+        f" -> the paper's failure is {verdict} (< 0.5 means MNIST looks *more* "
+        "in-distribution).[/]"
+    )
     for name, path in paths.items():
         console.print(f"{name}: {path}")
 

@@ -42,8 +42,10 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if len(self.labels) != len(self.images):
             raise ValueError("images and labels differ in length")
 
@@ -281,9 +283,7 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
     else:
         raise DatasetNotFoundError(f"{path} is neither an image file nor a folder")
     if not files:
-        raise DatasetNotFoundError(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}"
-        )
+        raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
     tensors = []
     for file in files:
         image = load_image(file)
@@ -303,25 +303,73 @@ def _register(spec: DatasetSpec) -> None:
 
 
 _MNIST_HINT = "Run with --download, or put the four official .gz files in a mirror folder."
-_register(DatasetSpec("mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT,
-                      _mnist_like("mnist", tvd.MNIST)))
-_register(DatasetSpec("fashion-mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT,
-                      _mnist_like("fashion-mnist", tvd.FashionMNIST)))
-_register(DatasetSpec("kmnist", 1, 28, ("train", "test"), 10, _MNIST_HINT,
-                      _mnist_like("kmnist", tvd.KMNIST)))
-_register(DatasetSpec("cifar10", 3, 32, ("train", "test"), 10,
-                      "Run with --download, or extract cifar-10-python.tar.gz into the data "
-                      "directory (folder cifar-10-batches-py).", _cifar("cifar10", tvd.CIFAR10)))
-_register(DatasetSpec("cifar100", 3, 32, ("train", "test"), 100,
-                      "Run with --download, or extract cifar-100-python.tar.gz into the data "
-                      "directory (folder cifar-100-python).", _cifar("cifar100", tvd.CIFAR100)))
-_register(DatasetSpec("svhn", 3, 32, ("train", "test", "extra"), 10,
-                      "Run with --download, or put train_32x32.mat / test_32x32.mat in "
-                      "<data dir>/svhn.", _load_svhn))
-_register(DatasetSpec("celeba", 3, 32, ("train", "valid", "test", "all"), 10177,
-                      "torchvision downloads CelebA from Google Drive (needs gdown); or put "
-                      "img_align_celeba/ and the six list_*.txt/identity files in "
-                      "<data dir>/celeba.", _load_celeba))
+_register(
+    DatasetSpec("mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT, _mnist_like("mnist", tvd.MNIST))
+)
+_register(
+    DatasetSpec(
+        "fashion-mnist",
+        1,
+        28,
+        ("train", "test"),
+        10,
+        _MNIST_HINT,
+        _mnist_like("fashion-mnist", tvd.FashionMNIST),
+    )
+)
+_register(
+    DatasetSpec(
+        "kmnist", 1, 28, ("train", "test"), 10, _MNIST_HINT, _mnist_like("kmnist", tvd.KMNIST)
+    )
+)
+_register(
+    DatasetSpec(
+        "cifar10",
+        3,
+        32,
+        ("train", "test"),
+        10,
+        "Run with --download, or extract cifar-10-python.tar.gz into the data "
+        "directory (folder cifar-10-batches-py).",
+        _cifar("cifar10", tvd.CIFAR10),
+    )
+)
+_register(
+    DatasetSpec(
+        "cifar100",
+        3,
+        32,
+        ("train", "test"),
+        100,
+        "Run with --download, or extract cifar-100-python.tar.gz into the data "
+        "directory (folder cifar-100-python).",
+        _cifar("cifar100", tvd.CIFAR100),
+    )
+)
+_register(
+    DatasetSpec(
+        "svhn",
+        3,
+        32,
+        ("train", "test", "extra"),
+        10,
+        "Run with --download, or put train_32x32.mat / test_32x32.mat in <data dir>/svhn.",
+        _load_svhn,
+    )
+)
+_register(
+    DatasetSpec(
+        "celeba",
+        3,
+        32,
+        ("train", "valid", "test", "all"),
+        10177,
+        "torchvision downloads CelebA from Google Drive (needs gdown); or put "
+        "img_align_celeba/ and the six list_*.txt/identity files in "
+        "<data dir>/celeba.",
+        _load_celeba,
+    )
+)
 
 
 def dataset_names() -> list[str]:

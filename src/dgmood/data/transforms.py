@@ -42,7 +42,10 @@ def to_size(images: Tensor, size: int) -> Tensor:
         pad = (size - height) // 2
         return F.pad(images, (pad, pad, pad, pad), value=0)
     resized = F.interpolate(
-        images.to(torch.float32), size=(size, size), mode="bilinear", antialias=True,
+        images.to(torch.float32),
+        size=(size, size),
+        mode="bilinear",
+        antialias=True,
         align_corners=False,
     )
     return resized.round().clamp(0, 255).to(torch.uint8)

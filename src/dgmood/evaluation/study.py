@@ -88,8 +88,7 @@ def summarise(label: str, role: str, stats: dict[str, np.ndarray]) -> SetSummary
         bpd_median=float(np.median(bpd)),
         log_pz_mean=float(stats["log_pz"].mean()) if "log_pz" in stats else None,
         log_abs_det_jacobian_mean=(
-            float(stats["log_abs_det_jacobian"].mean()) if "log_abs_det_jacobian" in stats
-            else None
+            float(stats["log_abs_det_jacobian"].mean()) if "log_abs_det_jacobian" in stats else None
         ),
     )
 
@@ -114,16 +113,24 @@ def likelihood_study(
     sources = sources or DataSources()
     data = run.config.data
     in_name = in_dataset or data.dataset
-    plan = [(in_name, data.train_split, "in-train", train_limit),
-            (in_name, data.val_split, "in-test", limit)]
+    plan = [
+        (in_name, data.train_split, "in-train", train_limit),
+        (in_name, data.val_split, "in-test", limit),
+    ]
     plan += [(name, "test", "ood", limit) for name in out_datasets]
     stats: dict[str, dict[str, np.ndarray]] = {}
     summaries: list[SetSummary] = []
     for name, split, role, cap in plan:
         imageset = sources.load(name, split, data.channels, data.image_size).head(cap)
         set_stats = score_cached(
-            run.model, imageset, run.run_dir, step=run.step, batch_size=batch_size,
-            dequantization=dequantization, seed=seed, progress=progress,
+            run.model,
+            imageset,
+            run.run_dir,
+            step=run.step,
+            batch_size=batch_size,
+            dequantization=dequantization,
+            seed=seed,
+            progress=progress,
         )
         stats[imageset.label] = set_stats
         summaries.append(summarise(imageset.label, role, set_stats))
@@ -135,8 +142,14 @@ def likelihood_study(
         for s in summaries
         if s.role == "ood"
     }
-    settings = {"dequantization": dequantization, "seed": seed, "limit": limit,
-                "train_limit": train_limit, "run_dir": str(run.run_dir), "step": run.step}
+    settings = {
+        "dequantization": dequantization,
+        "seed": seed,
+        "limit": limit,
+        "train_limit": train_limit,
+        "run_dir": str(run.run_dir),
+        "step": run.step,
+    }
     model_name = run.config.preset or type(run.config.model).family
     return LikelihoodStudy(model_name, in_name, summaries, metrics, stats, settings)
 
@@ -152,7 +165,8 @@ def write_study(study: LikelihoodStudy, out_dir: Path) -> dict[str, Path]:
     labels = [s.label for s in study.summaries if s.role != "in-train"]
     bpd = {label: study.stats[label]["bits_per_dim"] for label in labels}
     paths["histogram"] = plot_bpd_histograms(
-        bpd, out_dir / "bpd_histogram.png",
+        bpd,
+        out_dir / "bpd_histogram.png",
         title=f"{study.model} trained on {study.in_dataset}",
     )
     if all("log_pz" in study.stats[label] for label in labels):

@@ -60,7 +60,7 @@ class ZeroConv2d(nn.Module):
 
 
 class GlowConditioner(nn.Module):
-    """Glow's coupling network: conv3x3 -> actnorm -> relu -> conv1x1 -> actnorm -> relu -> zero conv."""
+    """Glow's coupling network: conv3x3, actnorm, relu, conv1x1, actnorm, relu, zero conv3x3."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
         super().__init__()

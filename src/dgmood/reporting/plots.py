@@ -31,8 +31,14 @@ def plot_bpd_histograms(
     lo, hi = np.percentile(values, [0.5, 99.5])
     bins = np.linspace(lo, hi, 60)
     for color, (label, bpd) in zip(PALETTE, bits_per_dim.items(), strict=False):
-        ax.hist(bpd, bins=bins, density=True, alpha=0.55, color=color,
-                label=f"{label} (mean {np.mean(bpd):.2f})")
+        ax.hist(
+            bpd,
+            bins=bins,
+            density=True,
+            alpha=0.55,
+            color=color,
+            label=f"{label} (mean {np.mean(bpd):.2f})",
+        )
     ax.set_xlabel("bits per dimension (lower = higher likelihood)")
     ax.set_ylabel("density")
     ax.set_title(title)
@@ -40,9 +46,7 @@ def plot_bpd_histograms(
     return _save(fig, Path(out_path))
 
 
-def plot_flow_decomposition(
-    stats: Mapping[str, Mapping[str, np.ndarray]], out_path: Path
-) -> Path:
+def plot_flow_decomposition(stats: Mapping[str, Mapping[str, np.ndarray]], out_path: Path) -> Path:
     """Histograms of the density term log p(z) and the volume term log|det J| per set."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, name in (

@@ -8,7 +8,6 @@ the batches an uninterrupted one would, and (on the same machine) ends bit-ident
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -34,8 +33,8 @@ from dgmood.training.checkpoint import (
     STATE_FILE,
     append_metrics,
     atomic_write_text,
-    load_training_state,
     check_run_dir,
+    load_training_state,
     prepare_run_dir,
     read_metrics,
     save_model,
@@ -68,8 +67,13 @@ class DataSources:
 
     def load(self, name: str, split: str, channels: int, size: int) -> ImageSet:
         raw = load_dataset(
-            name, split, data_dir=self.data_dir, download=self.download, mirror=self.mirror,
-            channels=channels, size=size,
+            name,
+            split,
+            data_dir=self.data_dir,
+            download=self.download,
+            mirror=self.mirror,
+            channels=channels,
+            size=size,
         )
         return match_format(raw, channels, size)
 
@@ -108,14 +112,21 @@ def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer
 
 
 def _prepare_batch(
-    model: nn.Module, images: Tensor, config: RunConfig, step: int, device: torch.device,
-    mode: str = "uniform", salt: int = 0,
+    model: nn.Module,
+    images: Tensor,
+    config: RunConfig,
+    step: int,
+    device: torch.device,
+    mode: str = "uniform",
+    salt: int = 0,
 ) -> Tensor:
     if config.train.augment_flip:
         flip = torch.rand(images.shape[0], generator=step_generator(config.train.seed, step, 99))
         images = torch.where(flip.view(-1, 1, 1, 1) < 0.5, images.flip(-1), images)
     x = to_model_input(
-        images, model.input_spec, mode,  # type: ignore[arg-type]
+        images,
+        model.input_spec,
+        mode,  # type: ignore[arg-type]
         generator=step_generator(config.train.seed, step, salt),
     )
     x = x.to(device)
@@ -132,7 +143,10 @@ def compute_loss(model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, d
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, images: ImageSet, config: RunConfig, device: torch.device,
+    model: nn.Module,
+    images: ImageSet,
+    config: RunConfig,
+    device: torch.device,
     batch_size: int = 500,
 ) -> dict[str, float]:
     """Validation metrics: mean bits/dim (density) or loss and accuracy (classifier)."""
@@ -259,7 +273,10 @@ def train(
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     bar = tqdm(
-        total=train_cfg.steps, initial=start_step, disable=not progress, desc="train",
+        total=train_cfg.steps,
+        initial=start_step,
+        disable=not progress,
+        desc="train",
         dynamic_ncols=True,
     )
     running: dict[str, float] = {}
@@ -295,8 +312,12 @@ def train(
         bar.update(1)
         if done % train_cfg.log_every == 0 or done == train_cfg.steps:
             record = {k: v / running_count for k, v in running.items()}
-            record.update(step=done, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                          seconds=time.perf_counter() - started)
+            record.update(
+                step=done,
+                lr=scheduler.get_last_lr()[0],
+                grad_norm=float(grad_norm),
+                seconds=time.perf_counter() - started,
+            )
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "accuracy")})
             append_metrics(run_dir, record)
             history.append(record)
@@ -306,8 +327,12 @@ def train(
             record = {"step": done, **evaluate_model(model, val_set, config, dev)}
             append_metrics(run_dir, record)
             history.append(record)
-            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in record.items()))
+            bar.write(
+                " ".join(
+                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items()
+                )
+            )
         if (train_cfg.checkpoint_every > 0 and done % train_cfg.checkpoint_every == 0) or (
             done == train_cfg.steps
         ):
@@ -317,7 +342,6 @@ def train(
     if start_step >= train_cfg.steps and not (run_dir / MODEL_FILE).exists():
         checkpoint(start_step)
     model.eval()
-    return TrainResult(run_dir, model, max(start_step, train_cfg.steps), history,
-                       time.perf_counter() - started)
-
-
+    return TrainResult(
+        run_dir, model, max(start_step, train_cfg.steps), history, time.perf_counter() - started
+    )

@@ -23,7 +23,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 def gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     """Per-sample log N(z; mean, exp(log_std)^2), summed over all but the batch dim."""
-    return sum_except_batch(-0.5 * (LOG_2PI + 2 * log_std + ((z - mean) * torch.exp(-log_std)) ** 2))
+    return sum_except_batch(
+        -0.5 * (LOG_2PI + 2 * log_std + ((z - mean) * torch.exp(-log_std)) ** 2)
+    )
 
 
 class StandardNormalPrior(nn.Module):
