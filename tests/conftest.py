@@ -11,6 +11,12 @@ import torch
 from dgmood.data.sources import MIRROR_ENV
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite runs many small ops; one intra-op thread avoids OpenMP spin-waiting, which
+    # slows small ops 10-20x whenever the 2 cores are shared with anything else.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     """The local mirror of raw dataset files ($DGMOOD_MIRROR; `./dev test` sets it)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +36,11 @@ def score_images(
     seed: int = 0,
     progress: bool = False,
     desc: str = "score",
+    iwae_k: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per-sample statistics of uint8 ``images`` ``[N, C, H, W]`` under ``model``.
 
+    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples.
     Dequantization noise for batch ``b`` comes from a generator seeded by ``(seed, b)``, so
     runs with the same seed and batch size repeat exactly.
     """
@@ -51,18 +54,30 @@ def score_images(
         chunk = images[start : start + batch_size]
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         x = to_model_input(chunk, spec, dequantization, generator=generator).to(device)
-        if isinstance(model, Classifier):
-            features = model.features(x)
-            stats = {"logits": model.head(features), "features": features}
-        elif isinstance(model, DensityModel):
-            stats = dict(model.log_prob_terms(x))
-            stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
-        else:
-            raise TypeError(f"cannot score with {type(model).__name__}")
+        # stochastic scores (a VAE's sampled ELBO) are seeded per batch too
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed * 1_000_003 + start + 1)
+            stats = _batch_statistics(model, x, spec, iwae_k)
         for key, value in stats.items():
             out.setdefault(key, []).append(value.detach().float().cpu().numpy())
     model.train(was_training)
     return {key: np.concatenate(values) for key, values in out.items()}
+
+
+def _batch_statistics(model: nn.Module, x: Tensor, spec: Any, iwae_k: int) -> dict[str, Tensor]:
+    if isinstance(model, Classifier):
+        features = model.features(x)
+        return {"logits": model.head(features), "features": features}
+    if not isinstance(model, DensityModel):
+        raise TypeError(f"cannot score with {type(model).__name__}")
+    stats = dict(model.log_prob_terms(x))
+    stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
+    if iwae_k > 0:
+        if not hasattr(model, "iwae_log_prob"):
+            raise ValueError(f"{type(model).__name__} has no importance-weighted bound (IWAE)")
+        stats["iwae_log_prob"] = model.iwae_log_prob(x, iwae_k)
+        stats["iwae_bits_per_dim"] = bits_per_dim(stats["iwae_log_prob"], spec)
+    return stats
 
 
 def images_fingerprint(images: Tensor) -> str:
@@ -81,10 +96,12 @@ def score_cached(
     dequantization: DequantMode = "uniform",
     seed: int = 0,
     progress: bool = True,
+    iwae_k: int = 0,
 ) -> dict[str, np.ndarray]:
     """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz``."""
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
-    key = f"{safe_name}-{images_fingerprint(imageset.images)}-step{step}-{dequantization}-s{seed}"
+    options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
+    key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
     path = Path(run_dir) / SCORES_DIR / f"{key}.npz"
     if path.exists():
         with np.load(path) as stored:
@@ -97,6 +114,7 @@ def score_cached(
         seed=seed,
         progress=progress,
         desc=f"score {imageset.label}",
+        iwae_k=iwae_k,
     )
     buffer = io.BytesIO()
     np.savez(buffer, **stats)

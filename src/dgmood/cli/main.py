@@ -205,6 +205,9 @@ def score(
     ] = "uniform",
     seed: Annotated[int, typer.Option(help="Seed of the dequantization noise.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    iwae_k: Annotated[
+        int, typer.Option(help="VAEs: also the importance-weighted bound with K samples (0 = off).")
+    ] = 0,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -264,6 +267,13 @@ def evaluate(
     train_limit: Annotated[int, typer.Option(help="Cap the in-dist train split.")] = 10_000,
     dequantization: Annotated[str, typer.Option(help="uniform, center or none.")] = "uniform",
     seed: Annotated[int, typer.Option(help="Seed of the dequantization noise.")] = 0,
+    iwae_k: Annotated[
+        int,
+        typer.Option(
+            help="VAEs: score with the importance-weighted bound "
+            "of K samples instead of the ELBO (0 = ELBO)."
+        ),
+    ] = 0,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -299,6 +309,7 @@ def reproduce_fashion_mnist(
         "reports/fashion-mnist"
     ),
     limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
+    iwae_k: Annotated[int, typer.Option(help="VAEs: score with the IWAE bound of K samples.")] = 0,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT_DIR/run.")] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
@@ -325,7 +336,9 @@ def reproduce_fashion_mnist(
     else:
         train_run(cfg, run_dir, sources=sources, resume=resume, device=device)
     run = load_run(run_dir, "cpu")
-    study = likelihood_study(run, ["mnist"], sources=sources, limit=limit)
+    study = likelihood_study(
+        run, ["mnist"], sources=sources, limit=limit, train_limit=limit or 10_000, iwae_k=iwae_k
+    )
     paths = write_study(study, out_dir)
     console.print(study.table_markdown())
     m = study.metrics[next(iter(study.metrics))]

@@ -78,7 +78,7 @@ class LikelihoodStudy:
 
 
 def summarise(label: str, role: str, stats: dict[str, np.ndarray]) -> SetSummary:
-    bpd = stats["bits_per_dim"]
+    bpd = negative_log_likelihood(stats)
     return SetSummary(
         label=label,
         role=role,
@@ -105,6 +105,7 @@ def likelihood_study(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
+    iwae_k: int = 0,
 ) -> LikelihoodStudy:
     """Score in-dist train/test and every OOD test set under ``run``; compare likelihoods.
 
@@ -163,7 +164,7 @@ def write_study(study: LikelihoodStudy, out_dir: Path) -> dict[str, Path]:
     atomic_write_text(paths["results"], json.dumps(study.to_dict(), indent=2))
     atomic_write_text(paths["table"], study.table_markdown())
     labels = [s.label for s in study.summaries if s.role != "in-train"]
-    bpd = {label: study.stats[label]["bits_per_dim"] for label in labels}
+    bpd = {label: negative_log_likelihood(study.stats[label]) for label in labels}
     paths["histogram"] = plot_bpd_histograms(
         bpd,
         out_dir / "bpd_histogram.png",
