@@ -6,6 +6,8 @@ published setting (GPU-scale).
 
 from __future__ import annotations
 
+import dataclasses
+
 from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.models.registry import resolve_model
 
@@ -20,12 +22,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         log_every=5,
     ),
     "cpu": TrainConfig(
-        steps=1500,
+        steps=600,
         batch_size=64,
         lr=1e-3,
         warmup_steps=100,
-        eval_every=500,
-        checkpoint_every=250,
+        eval_every=200,
+        checkpoint_every=100,
         log_every=25,
     ),
     # Kingma & Dhariwal: Adamax, lr 1e-3 with linear warm-up; batch 64 on one GPU
@@ -69,9 +71,7 @@ def run_preset(
     if channels is None:
         channels = DATASET_CHANNELS.get(dataset, 3)
     data = DataConfig(dataset=dataset, channels=channels)
-    return RunConfig(
-        model=resolve_model(model, preset),
-        data=data,
-        train=TRAIN_PRESETS[preset],
-        preset=f"{model}/{preset}",
-    )
+    model_config = resolve_model(model, preset)
+    overrides = FAMILY_TRAIN_OVERRIDES.get((type(model_config).family, preset), {})
+    train = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
+    return RunConfig(model=model_config, data=data, train=train, preset=f"{model}/{preset}")
