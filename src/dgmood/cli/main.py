@@ -322,19 +322,15 @@ def reproduce_fashion_mnist(
     from dgmood.evaluation.study import likelihood_study, write_study
     from dgmood.presets import run_preset
     from dgmood.training import load_run
-    from dgmood.training import train as train_run
+    from dgmood.training.loop import train_or_reuse
 
     cfg = run_preset(model, preset, "fashion-mnist")
     if steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     sources = _sources(data_dir, mirror, download)
     run_dir = out_dir / "run"
-    model_file = run_dir / "model.safetensors"
-    finished = model_file.exists() and not resume and (run_dir / "training_state.pt").exists()
-    if finished and load_run(run_dir).step >= cfg.train.steps:
+    if not train_or_reuse(cfg, run_dir, sources=sources, resume=resume, device=device):
         console.print(f"reusing the finished run in {run_dir}")
-    else:
-        train_run(cfg, run_dir, sources=sources, resume=resume, device=device)
     run = load_run(run_dir, "cpu")
     study = likelihood_study(
         run, ["mnist"], sources=sources, limit=limit, train_limit=limit or 10_000, iwae_k=iwae_k
@@ -348,6 +344,141 @@ def reproduce_fashion_mnist(
         f" -> the paper's failure is {verdict} (< 0.5 means MNIST looks *more* "
         "in-distribution).[/]"
     )
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A classifier run (e.g. `dgmood train cnn --dataset mnist`).")
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any size, colour or gray).")
+    ],
+    invert: Annotated[
+        bool | None,
+        typer.Option(
+            "--invert/--no-invert",
+            help="Force MNIST's "
+            "white-on-black inversion on or off (default: "
+            "auto-detect a bright background).",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the post's figure per image: "
+            "expected (uniform) vs actual probabilities."
+        ),
+    ] = None,
+) -> None:
+    """Class probabilities of any photo, after the documented MNIST-ify path."""
+    import torch
+
+    from dgmood.data.datasets import load_user_images
+    from dgmood.data.dequantize import to_model_input
+    from dgmood.models.base import Classifier
+    from dgmood.training import load_run
+
+    run = load_run(run_dir)
+    if not isinstance(run.model, Classifier):
+        raise ValueError(f"{run_dir} holds a {type(run.model).__name__}, not a classifier")
+    data = run.config.data
+    batch = load_user_images(list(images), data.channels, data.image_size, invert)
+    with torch.no_grad():
+        probs = torch.softmax(run.model(to_model_input(batch, run.model.input_spec)), dim=1)
+    table = Table("image", "predicted", "confidence", *[str(k) for k in range(probs.shape[1])])
+    for path, p in zip(images, probs, strict=True):
+        table.add_row(
+            path.name,
+            str(int(p.argmax())),
+            f"{float(p.max()):.4f}",
+            *[f"{float(v):.3f}" for v in p],
+        )
+    console.print(table)
+    if plot is not None:
+        from dgmood.reporting.classifier_plots import plot_class_probabilities
+
+        for path, image, p in zip(images, batch, probs, strict=True):
+            out = plot_class_probabilities(
+                p.numpy(),
+                plot / f"{path.stem}_probabilities.png",
+                image=image.numpy(),
+                title=path.name,
+            )
+            console.print(f"figure: {out}")
+
+
+@reproduce_app.command("chicken")
+@user_errors
+def reproduce_chicken(
+    classifier: Annotated[
+        str, typer.Option(help="Classifier model (cnn, cnn-plain).")
+    ] = "cnn-plain",
+    vae: Annotated[
+        str, typer.Option(help="VAE model trained on MNIST for the ELBO.")
+    ] = "vae-bernoulli",
+    preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
+    steps: Annotated[int | None, typer.Option(help="Override both models' training steps.")] = None,
+    photo: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Your own photo(s) to pass through (default: scikit-image's bundled photos)."
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the runs and the report.")] = Path(
+        "reports/chicken"
+    ),
+    limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
+    data_dir: DataDir = None,
+    mirror: Mirror = None,
+    download: Download = False,
+    device: Device = None,
+) -> None:
+    """The chicken post: an MNIST CNN is sure photos and clothes are digits; a VAE is not."""
+    import dataclasses
+
+    from PIL import Image
+
+    from dgmood.data.datasets import load_user_images
+    from dgmood.evaluation.chicken import bundled_photos, chicken_study, write_chicken_study
+    from dgmood.presets import run_preset
+    from dgmood.training import load_run
+    from dgmood.training.loop import train_or_reuse
+
+    sources = _sources(data_dir, mirror, download)
+    runs = {}
+    for role, name in (("classifier", classifier), ("vae", vae)):
+        cfg = run_preset(name, preset, "mnist")
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        train_or_reuse(cfg, out_dir / role, sources=sources, resume=resume, device=device)
+        runs[role] = load_run(out_dir / role)
+    if photo:
+        photo_files = list(photo)
+    else:  # write the bundled photos to files: they take the same path as a user's photo
+        photo_dir = out_dir / "photos"
+        photo_dir.mkdir(parents=True, exist_ok=True)
+        photo_files = []
+        for name, array in bundled_photos().items():
+            Image.fromarray(array).save(photo_dir / f"{name}.png")
+            photo_files.append(photo_dir / f"{name}.png")
+    data = runs["classifier"].config.data
+    photo_tensors = dict(
+        zip(
+            [p.stem for p in photo_files],
+            load_user_images(photo_files, data.channels, data.image_size),
+            strict=True,
+        )
+    )
+    study, arrays = chicken_study(
+        runs["classifier"], runs["vae"], photo_tensors, sources=sources, limit=limit
+    )
+    paths = write_chicken_study(study, arrays, photo_tensors, runs["vae"], out_dir)
+    console.print(study.table_markdown())
     for name, path in paths.items():
         console.print(f"{name}: {path}")
 

@@ -273,9 +273,34 @@ def _rgb_square(image: Any, size: int) -> Tensor:
     return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
 
 
-def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
-    from dgmood.data.images import load_image, mnistify
+def user_image_to_tensor(
+    image: Any, channels: int, size: int, invert: bool | None = None
+) -> Tensor:
+    """One user image (PIL) -> uint8 ``[channels, size, size]``, the way every photo goes.
 
+    Gray targets take the MNIST-ify path (:func:`dgmood.data.images.mnistify`: grayscale,
+    centre crop, resize, white-on-black with ``invert=None`` auto-detection, autocontrast);
+    colour targets are centre-cropped and resized.
+    """
+    from dgmood.data.images import mnistify
+
+    if channels == 1:
+        return mnistify(image, size=size, invert=invert)
+    if channels == 3:
+        return _rgb_square(image, size)
+    raise ValueError(f"user images can be made 1- or 3-channel, not {channels}")
+
+
+def load_user_images(
+    paths: list[Path], channels: int, size: int, invert: bool | None = None
+) -> Tensor:
+    """Image files -> uint8 ``[N, channels, size, size]``; a bad file raises one clear error."""
+    from dgmood.data.images import load_image
+
+    return torch.stack([user_image_to_tensor(load_image(p), channels, size, invert) for p in paths])
+
+
+def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
     if path.is_file():
         files = [path]
     elif path.is_dir():
@@ -284,14 +309,7 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
         raise DatasetNotFoundError(f"{path} is neither an image file nor a folder")
     if not files:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
-    tensors = []
-    for file in files:
-        image = load_image(file)
-        if req.channels == 1:
-            tensors.append(mnistify(image, size=req.size))
-        else:
-            tensors.append(_rgb_square(image, req.size))
-    images = torch.stack(tensors)
+    images = load_user_images(files, req.channels, req.size)
     return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
 
 

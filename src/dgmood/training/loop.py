@@ -37,6 +37,7 @@ from dgmood.training.checkpoint import (
     load_training_state,
     prepare_run_dir,
     read_metrics,
+    read_model_metadata,
     save_model,
     save_training_state,
 )
@@ -345,3 +346,27 @@ def train(
     return TrainResult(
         run_dir, model, max(start_step, train_cfg.steps), history, time.perf_counter() - started
     )
+
+
+def train_or_reuse(
+    config: RunConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    sources: DataSources | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> bool:
+    """Train ``config`` into ``run_dir`` unless a finished run of the same config is there.
+
+    Returns True when it trained. An unfinished run is continued only with ``resume=True``;
+    a finished run of a different config is an error (it is never overwritten).
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists() and not resume:
+        stored = RunConfig.load(run_dir / CONFIG_FILE)
+        step = int(read_model_metadata(run_dir / MODEL_FILE).get("step", 0))
+        if stored == config and step >= config.train.steps:
+            return False
+    train(config, run_dir, sources=sources, resume=resume, device=device, progress=progress)
+    return True
