@@ -389,13 +389,15 @@ def predict(
     batch = load_user_images(list(images), data.channels, data.image_size, invert)
     with torch.no_grad():
         probs = torch.softmax(run.model(to_model_input(batch, run.model.input_spec)), dim=1)
-    table = Table("image", "predicted", "confidence", *[str(k) for k in range(probs.shape[1])])
+    table = Table("image", "predicted", "confidence", "softmax over classes 0..K-1")
+    table.columns[0].overflow = "fold"
+    table.columns[3].overflow = "fold"
     for path, p in zip(images, probs, strict=True):
         table.add_row(
             path.name,
             str(int(p.argmax())),
             f"{float(p.max()):.4f}",
-            *[f"{float(v):.3f}" for v in p],
+            " ".join(f"{float(v):.3f}" for v in p),
         )
     console.print(table)
     if plot is not None:

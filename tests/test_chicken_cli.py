@@ -1,0 +1,59 @@
+"""The chicken post through the CLI: predict on a real photo, and the whole reproduction (tiny)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+from typer.testing import CliRunner
+
+from dgmood.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Path) -> None:
+    out = tmp_path / "chicken"
+    result = runner.invoke(app, ["reproduce", "chicken", "--preset", "tiny", "--steps", "20",
+                                 "--limit", "300", "--out-dir", str(out), "--mirror",
+                                 str(mirror)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["metrics"]) == {"max-softmax", "energy", "odin", "mahalanobis",
+                                       "vae -elbo"}
+    assert [p["name"] for p in results["photos"]] == ["chelsea", "astronaut", "coffee",
+                                                      "rocket", "camera"]
+    for p in results["photos"]:
+        assert abs(sum(p["probabilities"]) - 1) < 1e-5
+    for figure in ("confidence_barcode.png", "sorted_elbo.png", "reconstructions.png",
+                   "probabilities_chelsea.png"):
+        assert (out / figure).stat().st_size > 5_000, figure
+
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(skimage_data.chelsea()).save(photo)
+    result = runner.invoke(app, ["predict", str(out / "classifier"), str(photo), "--plot",
+                                 str(tmp_path / "fig")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "cat.jpg" in result.output
+    assert (tmp_path / "fig" / "cat_probabilities.png").exists()
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is text")
+    result = runner.invoke(app, ["predict", str(out / "classifier"), str(not_an_image)])
+    assert result.exit_code == 2 and "notes.png" in result.output
+    assert "Traceback" not in result.output
+
+    result = runner.invoke(app, ["predict", str(out / "vae"), str(photo)])
+    assert result.exit_code == 2 and "not a classifier" in result.output
+
+
+def test_predict_needs_a_run_dir(tmp_path: Path) -> None:
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(image)
+    result = runner.invoke(app, ["predict", str(tmp_path / "norun"), str(image)])
+    assert result.exit_code == 2 and "dgmood train" in result.output
