@@ -47,6 +47,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 # Per-family changes to the train presets, so that each `cpu` run fits in ~10 min on 2 cores.
 FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
     ("vae", "cpu"): {"steps": 1500, "eval_every": 500, "checkpoint_every": 250},
+    ("cnn", "cpu"): {"steps": 2000, "eval_every": 500, "checkpoint_every": 500},
     ("pixelcnnpp", "cpu"): {"steps": 500, "batch_size": 32, "lr": 2e-3},
     ("pixelcnnpp", "paper"): {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
 }
