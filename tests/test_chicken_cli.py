@@ -19,25 +19,51 @@ runner = CliRunner()
 @pytest.mark.slow
 def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Path) -> None:
     out = tmp_path / "chicken"
-    result = runner.invoke(app, ["reproduce", "chicken", "--preset", "tiny", "--steps", "20",
-                                 "--limit", "300", "--out-dir", str(out), "--mirror",
-                                 str(mirror)], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "reproduce",
+            "chicken",
+            "--preset",
+            "tiny",
+            "--steps",
+            "20",
+            "--limit",
+            "300",
+            "--out-dir",
+            str(out),
+            "--mirror",
+            str(mirror),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results["metrics"]) == {"max-softmax", "energy", "odin", "mahalanobis",
-                                       "vae -elbo"}
-    assert [p["name"] for p in results["photos"]] == ["chelsea", "astronaut", "coffee",
-                                                      "rocket", "camera"]
+    assert set(results["metrics"]) == {"max-softmax", "energy", "odin", "mahalanobis", "vae -elbo"}
+    assert [p["name"] for p in results["photos"]] == [
+        "chelsea",
+        "astronaut",
+        "coffee",
+        "rocket",
+        "camera",
+    ]
     for p in results["photos"]:
         assert abs(sum(p["probabilities"]) - 1) < 1e-5
-    for figure in ("confidence_barcode.png", "sorted_elbo.png", "reconstructions.png",
-                   "probabilities_chelsea.png"):
+    for figure in (
+        "confidence_barcode.png",
+        "sorted_elbo.png",
+        "reconstructions.png",
+        "probabilities_chelsea.png",
+    ):
         assert (out / figure).stat().st_size > 5_000, figure
 
     photo = tmp_path / "cat.jpg"
     Image.fromarray(skimage_data.chelsea()).save(photo)
-    result = runner.invoke(app, ["predict", str(out / "classifier"), str(photo), "--plot",
-                                 str(tmp_path / "fig")], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        ["predict", str(out / "classifier"), str(photo), "--plot", str(tmp_path / "fig")],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "cat.jpg" in result.output
     assert (tmp_path / "fig" / "cat_probabilities.png").exists()

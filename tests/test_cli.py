@@ -128,3 +128,59 @@ def test_help_explains_commands() -> None:
     result = invoke("--help")
     for command in ("train", "score", "evaluate", "reproduce", "datasets", "models"):
         assert command in result.output
+
+
+@pytest.mark.slow
+def test_vae_scores_with_the_iwae_bound(tmp_path: Path, mirror: Path) -> None:
+    run = tmp_path / "vae"
+    result = invoke(
+        "train",
+        "vae",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.steps=4",
+        "--set",
+        "data.train_limit=64",
+        "--set",
+        "data.val_size=32",
+        "--no-progress",
+        "--mirror",
+        str(mirror),
+    )
+    assert result.exit_code == 0, result.output
+    result = invoke(
+        "score",
+        str(run),
+        "--dataset",
+        "mnist",
+        "--limit",
+        "16",
+        "--iwae-k",
+        "4",
+        "--mirror",
+        str(mirror),
+    )
+    assert result.exit_code == 0, result.output
+    assert "iwae_bits_per_dim" in result.output
+    out = tmp_path / "eval"
+    result = invoke(
+        "evaluate",
+        str(run),
+        "--ood",
+        "mnist",
+        "--limit",
+        "16",
+        "--train-limit",
+        "16",
+        "--iwae-k",
+        "4",
+        "--out-dir",
+        str(out),
+        "--mirror",
+        str(mirror),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["settings"]["iwae_k"] == 4

@@ -232,6 +232,7 @@ def score(
         batch_size=batch_size,
         dequantization=dequantization,
         seed=seed,
+        iwae_k=iwae_k,
     )  # type: ignore[arg-type]
     table = Table(
         "statistic",
@@ -292,6 +293,7 @@ def evaluate(
         train_limit=train_limit,
         dequantization=dequantization,
         seed=seed,
+        iwae_k=iwae_k,
     )  # type: ignore[arg-type]
     paths = write_study(study, out_dir or run_dir / "eval")
     console.print(study.table_markdown())

@@ -132,6 +132,7 @@ def likelihood_study(
             dequantization=dequantization,
             seed=seed,
             progress=progress,
+            iwae_k=iwae_k,
         )
         stats[imageset.label] = set_stats
         summaries.append(summarise(imageset.label, role, set_stats))
@@ -147,6 +148,7 @@ def likelihood_study(
         "dequantization": dequantization,
         "seed": seed,
         "limit": limit,
+        "iwae_k": iwae_k,
         "train_limit": train_limit,
         "run_dir": str(run.run_dir),
         "step": run.step,
