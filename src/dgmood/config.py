@@ -28,6 +28,7 @@ class DataConfig:
     dataset: str = "fashion-mnist"  # registry name, see `dgmood datasets`
     image_size: int = 32  # side in pixels; 28x28 sets are zero-padded by 2 on each side
     channels: int = 1  # 1 or 3; converting between them is explicit (gray->rgb repeats)
+    upscale: Literal["pad", "resize"] = "pad"  # how a smaller image (28x28) reaches image_size
     train_split: str = "train"  # split used for training
     val_split: str = "test"  # split used for periodic validation
     val_size: int = 2000  # images of val_split used for validation during training (0 = all)

@@ -216,3 +216,13 @@ def test_gzip_extraction_is_real(mirror: Path, data_dir: Path) -> None:
     raw = data_dir / "FashionMNIST" / "raw"
     with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as handle:
         assert handle.read() == (raw / "t10k-labels-idx1-ubyte").read_bytes()
+
+
+def test_resize_upscaling_fills_the_frame_and_bad_mode_is_rejected() -> None:
+    images = torch.full((1, 1, 28, 28), 200, dtype=torch.uint8)
+    resized = to_size(images, 32, "resize")
+    assert resized.shape == (1, 1, 32, 32)
+    assert int(resized.min()) == 200  # no black border, unlike padding
+    assert int(to_size(images, 32, "pad")[..., 0, 0]) == 0
+    with pytest.raises(ValueError, match="upscale"):
+        to_size(images, 32, "stretch")

@@ -219,11 +219,7 @@ def score(
 
     run = load_run(run_dir, device or "cpu")
     data = run.config.data
-    imageset = (
-        _sources(data_dir, mirror, download)
-        .load(dataset, split, data.channels, data.image_size)
-        .head(limit)
-    )
+    imageset = _sources(data_dir, mirror, download).load_like(dataset, split, data).head(limit)
     stats = score_cached(
         run.model,
         imageset,
@@ -436,6 +432,10 @@ def reproduce_chicken(
         "reports/chicken"
     ),
     limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
+    upscale: Annotated[
+        str,
+        typer.Option(help="28 -> 32 pixels: 'resize' (the post's footnote 2) or 'pad'."),
+    ] = "resize",
     resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
@@ -457,6 +457,7 @@ def reproduce_chicken(
     runs = {}
     for role, name in (("classifier", classifier), ("vae", vae)):
         cfg = run_preset(name, preset, "mnist")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, upscale=upscale))
         if steps is not None:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
         train_or_reuse(cfg, out_dir / role, sources=sources, resume=resume, device=device)

@@ -124,9 +124,9 @@ def chicken_study(
     """Run every measurement of the post; returns the study and the arrays for figures."""
     sources = sources or DataSources()
     data = classifier.config.data
-    mnist = sources.load("mnist", "test", data.channels, data.image_size).head(limit)
-    fashion = sources.load("fashion-mnist", "test", data.channels, data.image_size).head(limit)
-    mnist_train = sources.load("mnist", "train", data.channels, data.image_size).head(fit_limit)
+    mnist = sources.load_like("mnist", "test", data).head(limit)
+    fashion = sources.load_like("fashion-mnist", "test", data).head(limit)
+    mnist_train = sources.load_like("mnist", "train", data).head(fit_limit)
 
     def stats_of(run: LoadedRun, imageset: Any) -> dict[str, np.ndarray]:
         return score_cached(run.model, imageset, run.run_dir, step=run.step, progress=progress)

@@ -127,7 +127,7 @@ def likelihood_study(
     stats: dict[str, dict[str, np.ndarray]] = {}
     summaries: list[SetSummary] = []
     for name, split, role, cap in plan:
-        imageset = sources.load(name, split, data.channels, data.image_size).head(cap)
+        imageset = sources.load_like(name, split, data).head(cap)
         set_stats = score_cached(
             run.model,
             imageset,

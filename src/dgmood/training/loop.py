@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dgmood.config import RunConfig
+from dgmood.config import DataConfig, RunConfig
 from dgmood.data.datasets import ImageSet, load_dataset
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.transforms import match_format
@@ -66,7 +66,13 @@ class DataSources:
     mirror: str | None = None
     download: bool = False
 
-    def load(self, name: str, split: str, channels: int, size: int) -> ImageSet:
+    def load_like(self, name: str, split: str, data: DataConfig) -> ImageSet:
+        """Load ``name``/``split`` in the format (channels, size, upscaling) of ``data``."""
+        return self.load(name, split, data.channels, data.image_size, data.upscale)
+
+    def load(
+        self, name: str, split: str, channels: int, size: int, upscale: str = "pad"
+    ) -> ImageSet:
         raw = load_dataset(
             name,
             split,
@@ -76,7 +82,7 @@ class DataSources:
             channels=channels,
             size=size,
         )
-        return match_format(raw, channels, size)
+        return match_format(raw, channels, size, upscale)
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> Tensor:
@@ -206,14 +212,10 @@ def train(
         torch.set_num_threads(train_cfg.num_threads)
     dev = _device(device)
     if train_set is None:
-        train_set = sources.load(
-            data_cfg.dataset, data_cfg.train_split, data_cfg.channels, data_cfg.image_size
-        )
+        train_set = sources.load_like(data_cfg.dataset, data_cfg.train_split, data_cfg)
     train_set = train_set.head(data_cfg.train_limit)
     if val_set is None and train_cfg.eval_every >= 0:
-        val_set = sources.load(
-            data_cfg.dataset, data_cfg.val_split, data_cfg.channels, data_cfg.image_size
-        )
+        val_set = sources.load_like(data_cfg.dataset, data_cfg.val_split, data_cfg)
     if val_set is not None:
         val_set = val_set.head(data_cfg.val_size)
     if len(train_set) < train_cfg.batch_size:
