@@ -1,0 +1,1 @@
+"""The `dgmood` command line (typer)."""

@@ -1,0 +1,1 @@
+"""OOD metrics (scikit-learn) and the studies: likelihood comparison, the chicken post."""

@@ -1,0 +1,1 @@
+"""Plain network pieces shared by models."""

@@ -1,0 +1,1 @@
+"""OOD scores: pure functions of cached per-sample statistics; higher = more OOD."""

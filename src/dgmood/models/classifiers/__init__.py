@@ -1,0 +1,1 @@
+"""Classifiers for the max-softmax family of OOD baselines."""

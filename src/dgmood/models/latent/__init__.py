@@ -1,0 +1,1 @@
+"""Latent-variable models: VAEs with several decoders and posteriors."""
