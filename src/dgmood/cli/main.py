@@ -422,6 +422,12 @@ def reproduce_chicken(
     ] = "vae-bernoulli",
     preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
     steps: Annotated[int | None, typer.Option(help="Override both models' training steps.")] = None,
+    classifier_steps: Annotated[
+        int | None, typer.Option(help="Override the classifier's training steps.")
+    ] = None,
+    vae_steps: Annotated[
+        int | None, typer.Option(help="Override the VAE's training steps.")
+    ] = None,
     photo: Annotated[
         list[Path] | None,
         typer.Option(
@@ -458,8 +464,9 @@ def reproduce_chicken(
     for role, name in (("classifier", classifier), ("vae", vae)):
         cfg = run_preset(name, preset, "mnist")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, upscale=upscale))
-        if steps is not None:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        role_steps = {"classifier": classifier_steps, "vae": vae_steps}[role] or steps
+        if role_steps is not None:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=role_steps))
         train_or_reuse(cfg, out_dir / role, sources=sources, resume=resume, device=device)
         runs[role] = load_run(out_dir / role)
     if photo:
