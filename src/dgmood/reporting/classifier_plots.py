@@ -181,28 +181,38 @@ def plot_sorted_scores(
     labels: tuple[str, str] = ("MNIST", "FashionMNIST"),
     ylabel: str = "ELBO (nats)",
 ) -> Path:
-    """All images' scores sorted from lowest to highest, coloured by dataset.
+    """All images' scores sorted from lowest to highest: the curve, and below it a barcode
+    strip saying which dataset each rank belongs to (a scatter would hide the minority).
 
     References:
         "Passing a chicken through an MNIST model" (2018), the sorted VAE-ELBO figure.
     """
     in_scores = _as_1d(in_scores, "in_scores")
     out_scores = _as_1d(out_scores, "out_scores")
-    values = np.concatenate([in_scores, out_scores])
-    is_out = np.concatenate([np.zeros(in_scores.size, bool), np.ones(out_scores.size, bool)])
-    order = np.argsort(values, kind="stable")
-    ranks = np.arange(values.size)
-    figure = Figure(figsize=(7.0, 3.5), layout="constrained")
-    axes = figure.subplots()
-    for flag, colour, label in (
-        (False, IN_DISTRIBUTION_COLOUR, labels[0]),
-        (True, OUT_OF_DISTRIBUTION_COLOUR, labels[1]),
-    ):
-        chosen = is_out[order] == flag
-        axes.scatter(ranks[chosen], values[order][chosen], s=2, color=colour, label=label)
-    axes.set_xlabel("images sorted by score")
-    axes.set_ylabel(ylabel)
-    axes.legend(markerscale=5)
+    values = np.sort(np.concatenate([in_scores, out_scores]), kind="stable")
+    colours = barcode_colours(in_scores, out_scores)
+    strip = np.array([to_rgb(colour) for colour in colours])[None, :, :]
+    figure = Figure(figsize=(7.0, 4.0), layout="constrained")
+    curve_axes, strip_axes = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]}
+    )
+    curve_axes.plot(np.arange(values.size), values, color="black", linewidth=1)
+    # a few OOD images can score orders of magnitude below the rest: symmetric-log axis
+    typical = float(np.median(np.abs(values)))
+    if typical > 0 and float(np.abs(values).max()) > 100 * typical:
+        curve_axes.set_yscale("symlog", linthresh=typical)
+    curve_axes.set_ylabel(ylabel)
+    strip_axes.imshow(
+        strip, aspect="auto", interpolation="antialiased", extent=(0, len(colours), 0, 1)
+    )
+    strip_axes.set_yticks([])
+    strip_axes.set_xlim(0, len(colours))
+    strip_axes.set_xlabel("images sorted by score, increasing \u2192")
+    handles = [
+        Patch(color=IN_DISTRIBUTION_COLOUR, label=labels[0]),
+        Patch(color=OUT_OF_DISTRIBUTION_COLOUR, label=labels[1]),
+    ]
+    curve_axes.legend(handles=handles, loc="upper left")
     return _save(figure, out_path)
 
 
