@@ -330,12 +330,13 @@ def train(
             record = {"step": done, **evaluate_model(model, val_set, config, dev)}
             append_metrics(run_dir, record)
             history.append(record)
-            bar.write(
-                " ".join(
-                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in record.items()
+            if progress:
+                bar.write(
+                    " ".join(
+                        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in record.items()
+                    )
                 )
-            )
         if (train_cfg.checkpoint_every > 0 and done % train_cfg.checkpoint_every == 0) or (
             done == train_cfg.steps
         ):
