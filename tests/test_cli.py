@@ -184,3 +184,30 @@ def test_vae_scores_with_the_iwae_bound(tmp_path: Path, mirror: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "results.json").read_text())["settings"]["iwae_k"] == 4
+
+
+def test_resume_from_the_command_line_and_listings(tmp_path: Path, mirror: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--no-progress", "--mirror", str(mirror)]
+    result = invoke(
+        "train",
+        "glow",
+        "--preset",
+        "tiny",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "data.train_limit=64",
+        "--set",
+        "data.val_size=16",
+        *args,
+    )
+    assert result.exit_code == 0, result.output
+    result = invoke("train", "--resume", "--set", "train.steps=5", *args)
+    assert result.exit_code == 0, result.output
+    assert "trained 5 steps" in result.output
+    listing = invoke("models").output
+    assert "cv-glow" in listing and "pixelcnnpp" in listing and "vae-realnvp" in listing
+    assert "svhn" in invoke("datasets").output
+    config = invoke("config", "glow", "--preset", "paper", "--dataset", "cifar10").output
+    assert "hidden_channels: 512" in config and "channels: 3" in config
