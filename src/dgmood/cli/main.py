@@ -44,6 +44,23 @@ Download = Annotated[
     typer.Option("--download", help="Download missing datasets with torchvision's downloaders."),
 ]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")]
+Dequantization = Annotated[
+    str,
+    typer.Option(
+        help="Evaluation dequantization: uniform (seeded noise, as published "
+        "numbers), center (u = 0.5) or none (u = 0)."
+    ),
+]
+Seed = Annotated[
+    int, typer.Option(help="Seed of the dequantization noise (and of a VAE's sampled ELBO).")
+]
+IwaeK = Annotated[
+    int,
+    typer.Option(
+        help="VAEs: add the importance-weighted bound with K samples; it is then the "
+        "likelihood used (0 = the ELBO)."
+    ),
+]
 
 
 def user_errors(func: F) -> F:
@@ -200,14 +217,10 @@ def score(
     dataset: Annotated[str, typer.Option(help="Dataset to score.")] = "mnist",
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     limit: Annotated[int, typer.Option(help="Score only the first N images (0 = all).")] = 0,
-    dequantization: Annotated[
-        str, typer.Option(help="uniform (seeded noise), center or none.")
-    ] = "uniform",
-    seed: Annotated[int, typer.Option(help="Seed of the dequantization noise.")] = 0,
+    dequantization: Dequantization = "uniform",
+    seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
-    iwae_k: Annotated[
-        int, typer.Option(help="VAEs: also the importance-weighted bound with K samples (0 = off).")
-    ] = 0,
+    iwae_k: IwaeK = 0,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -262,15 +275,9 @@ def evaluate(
     ] = None,
     limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
     train_limit: Annotated[int, typer.Option(help="Cap the in-dist train split.")] = 10_000,
-    dequantization: Annotated[str, typer.Option(help="uniform, center or none.")] = "uniform",
-    seed: Annotated[int, typer.Option(help="Seed of the dequantization noise.")] = 0,
-    iwae_k: Annotated[
-        int,
-        typer.Option(
-            help="VAEs: score with the importance-weighted bound "
-            "of K samples instead of the ELBO (0 = ELBO)."
-        ),
-    ] = 0,
+    dequantization: Dequantization = "uniform",
+    seed: Seed = 0,
+    iwae_k: IwaeK = 0,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -307,7 +314,7 @@ def reproduce_fashion_mnist(
         "reports/fashion-mnist"
     ),
     limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
-    iwae_k: Annotated[int, typer.Option(help="VAEs: score with the IWAE bound of K samples.")] = 0,
+    iwae_k: IwaeK = 0,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT_DIR/run.")] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,

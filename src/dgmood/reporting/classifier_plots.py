@@ -158,20 +158,29 @@ def plot_confidence_barcode(
     References:
         "Passing a chicken through an MNIST model" (2018), the sorted-confidence barcode.
     """
-    colours = barcode_colours(in_scores, out_scores)
-    strip = np.array([to_rgb(colour) for colour in colours])[None, :, :]
     figure = Figure(figsize=(8.0, 1.8), layout="constrained")
     axes = figure.subplots()
+    _draw_barcode(axes, barcode_colours(in_scores, out_scores), xlabel)
+    axes.legend(
+        handles=_legend_handles(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2
+    )
+    return _save(figure, out_path)
+
+
+def _draw_barcode(axes: Axes, colours: list[str], xlabel: str) -> None:
+    """One vertical line per image, in the given (sorted) colours."""
+    strip = np.array([to_rgb(colour) for colour in colours])[None, :, :]
     axes.imshow(strip, aspect="auto", interpolation="antialiased", extent=(0, len(colours), 0, 1))
     axes.set_yticks([])
-    axes.set_xlabel(xlabel)
     axes.set_xlim(0, len(colours))
-    handles = [
+    axes.set_xlabel(xlabel)
+
+
+def _legend_handles(labels: tuple[str, str]) -> list[Patch]:
+    return [
         Patch(color=IN_DISTRIBUTION_COLOUR, label=labels[0]),
         Patch(color=OUT_OF_DISTRIBUTION_COLOUR, label=labels[1]),
     ]
-    axes.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)
-    return _save(figure, out_path)
 
 
 def plot_sorted_scores(
@@ -190,8 +199,6 @@ def plot_sorted_scores(
     in_scores = _as_1d(in_scores, "in_scores")
     out_scores = _as_1d(out_scores, "out_scores")
     values = np.sort(np.concatenate([in_scores, out_scores]), kind="stable")
-    colours = barcode_colours(in_scores, out_scores)
-    strip = np.array([to_rgb(colour) for colour in colours])[None, :, :]
     figure = Figure(figsize=(7.0, 4.0), layout="constrained")
     curve_axes, strip_axes = figure.subplots(
         2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]}
@@ -202,17 +209,12 @@ def plot_sorted_scores(
     if typical > 0 and float(np.abs(values).max()) > 100 * typical:
         curve_axes.set_yscale("symlog", linthresh=typical)
     curve_axes.set_ylabel(ylabel)
-    strip_axes.imshow(
-        strip, aspect="auto", interpolation="antialiased", extent=(0, len(colours), 0, 1)
+    curve_axes.legend(handles=_legend_handles(labels), loc="upper left")
+    _draw_barcode(
+        strip_axes,
+        barcode_colours(in_scores, out_scores),
+        "images sorted by score, increasing \u2192",
     )
-    strip_axes.set_yticks([])
-    strip_axes.set_xlim(0, len(colours))
-    strip_axes.set_xlabel("images sorted by score, increasing \u2192")
-    handles = [
-        Patch(color=IN_DISTRIBUTION_COLOUR, label=labels[0]),
-        Patch(color=OUT_OF_DISTRIBUTION_COLOUR, label=labels[1]),
-    ]
-    curve_axes.legend(handles=handles, loc="upper left")
     return _save(figure, out_path)
 
 
