@@ -211,3 +211,62 @@ def test_resume_from_the_command_line_and_listings(tmp_path: Path, mirror: Path)
     assert "svhn" in invoke("datasets").output
     config = invoke("config", "glow", "--preset", "paper", "--dataset", "cifar10").output
     assert "hidden_channels: 512" in config and "channels: 3" in config
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path: Path, mirror: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "dgmood.cli.main",
+        "train",
+        "glow",
+        "--preset",
+        "tiny",
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "data.train_limit=256",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        "--mirror",
+        str(mirror),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "dgmood train --resume --run-dir" in output and "Traceback" not in output
+    interrupted_at = load_run_step(run)
+    assert interrupted_at > 0
+    result = invoke(
+        "train",
+        "--resume",
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.steps=40",
+        "--no-progress",
+        "--mirror",
+        str(mirror),
+    )
+    assert result.exit_code == 0, result.output
+    assert load_run_step(run) == max(40, interrupted_at)
+
+
+def load_run_step(run: Path) -> int:
+    from dgmood.training.checkpoint import read_model_metadata
+
+    return int(read_model_metadata(run / "model.safetensors")["step"])

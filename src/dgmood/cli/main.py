@@ -199,15 +199,34 @@ def train(
         cfg = replace_path(cfg, key.strip(), value)
     if run_dir is None:
         run_dir = Path("runs") / f"{(cfg.preset or 'run').replace('/', '-')}-{cfg.data.dataset}"
-    result = train_run(
-        cfg,
-        run_dir,
-        sources=_sources(data_dir, mirror, download),
-        resume=resume,
-        device=device,
-        progress=progress,
-    )
+    try:
+        result = train_run(
+            cfg,
+            run_dir,
+            sources=_sources(data_dir, mirror, download),
+            resume=resume,
+            device=device,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        _report_interrupt(run_dir)
+        raise typer.Exit(130) from None
     console.print(f"trained {result.step} steps in {result.seconds:.0f} s -> {result.run_dir}")
+
+
+def _report_interrupt(run_dir: Path) -> None:
+    """Tell the user where an interrupted run stands and how to continue it."""
+    from dgmood.training.checkpoint import MODEL_FILE, read_model_metadata
+
+    weights = run_dir / MODEL_FILE
+    if weights.exists():
+        step = read_model_metadata(weights).get("step", "?")
+        err_console.print(
+            f"[yellow]interrupted.[/] The last checkpoint (step {step}) is in {run_dir}; "
+            f"continue with: dgmood train --resume --run-dir {run_dir}"
+        )
+    else:
+        err_console.print("[yellow]interrupted[/] before the first checkpoint was written.")
 
 
 @app.command()
