@@ -60,6 +60,7 @@ DATASET_CHANNELS = {
     "cifar100": 3,
     "svhn": 3,
     "celeba": 3,
+    "imagenet32": 3,
 }
 
 

@@ -226,3 +226,34 @@ def test_resize_upscaling_fills_the_frame_and_bad_mode_is_rejected() -> None:
     assert int(to_size(images, 32, "pad")[..., 0, 0]) == 0
     with pytest.raises(ValueError, match="upscale"):
         to_size(images, 32, "stretch")
+
+
+def test_imagenet32_fixture_npz_format(tmp_path: Path) -> None:
+    folder = tmp_path / "imagenet32"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    batches = {}
+    for name, n in (
+        ("train_data_batch_2", 3),
+        ("train_data_batch_10", 2),
+        ("train_data_batch_1", 4),
+        ("val_data", 5),
+    ):
+        batches[name] = (rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(1, 1001, n))
+        np.savez(
+            folder / f"{name}.npz",
+            data=batches[name][0],
+            labels=batches[name][1],
+            mean=np.zeros(3072),
+        )
+    train = load_dataset("imagenet32", "train", data_dir=tmp_path)
+    val = load_dataset("imagenet32", "val", data_dir=tmp_path)
+    assert train.images.shape == (9, 3, 32, 32) and val.images.shape == (5, 3, 32, 32)
+    # batches in numeric order (1, 2, 10), labels made 0-based, planes R, G, B
+    assert train.labels[:4].tolist() == (batches["train_data_batch_1"][1] - 1).tolist()
+    assert train.labels[-2:].tolist() == (batches["train_data_batch_10"][1] - 1).tolist()
+    assert torch.equal(
+        val.images[0, 1], torch.from_numpy(batches["val_data"][0][0, 1024:2048].reshape(32, 32))
+    )
+    with pytest.raises(DatasetNotFoundError, match="image-net.org"):
+        load_dataset("imagenet32", "train", data_dir=tmp_path / "none")

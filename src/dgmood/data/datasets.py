@@ -6,7 +6,7 @@ under the data directory (:mod:`dgmood.data.sources`); ``download=True`` uses to
 real downloaders, and a local mirror of the raw files is used when one is configured.
 
 Names: ``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``,
-``celeba``, and ``folder:PATH`` / a single image path for a user's own images.
+``celeba``, ``imagenet32``, and ``folder:PATH`` / a single image path for a user's own images.
 """
 
 from __future__ import annotations
@@ -213,6 +213,40 @@ def _load_svhn(req: LoadRequest) -> ImageSet:
     return ImageSet("svhn", req.split, images, torch.as_tensor(dataset.labels, dtype=torch.int64))
 
 
+def _load_imagenet32(req: LoadRequest) -> ImageSet:
+    """Downsampled ImageNet 32x32 (Chrabaszcz et al. 2017), the official npz release.
+
+    ``<data dir>/imagenet32/`` holds ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz``
+    and ``val_data.npz``; each has ``data`` uint8 ``[N, 3072]`` (R plane, G plane, B plane)
+    and 1-based ``labels``.
+    """
+    folder = req.root / "imagenet32"
+    if req.split == "train":
+        files = sorted(
+            folder.glob("train_data_batch_*.npz"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
+        )
+    elif req.split in ("val", "test"):
+        files = [folder / "val_data.npz"] if (folder / "val_data.npz").exists() else []
+    else:
+        raise ValueError(f"imagenet32 has splits train and val (alias test), not {req.split!r}")
+    if not files:
+        raise _not_found("imagenet32", folder)
+    images, labels = [], []
+    for file in files:
+        try:
+            with np.load(file) as batch:
+                images.append(batch["data"].reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(batch["labels"], dtype=np.int64) - 1)
+        except (OSError, KeyError, ValueError) as err:
+            raise CorruptDatasetError(f"cannot read {file}: {err}") from err
+    return ImageSet(
+        "imagenet32",
+        req.split,
+        torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
+        torch.from_numpy(np.concatenate(labels)),
+    )
+
+
 CELEBA_CROP = 148  # centre crop of the 178x218 aligned faces before resizing
 
 
@@ -373,6 +407,18 @@ _register(
         10,
         "Run with --download, or put train_32x32.mat / test_32x32.mat in <data dir>/svhn.",
         _load_svhn,
+    )
+)
+_register(
+    DatasetSpec(
+        "imagenet32",
+        3,
+        32,
+        ("train", "val", "test"),
+        1000,
+        "Download the 32x32 npz release of downsampled ImageNet from image-net.org (login "
+        "needed; no automatic download) and unpack it into <data dir>/imagenet32.",
+        _load_imagenet32,
     )
 )
 _register(
