@@ -133,3 +133,17 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     epoch = torch.cat([batch_indices(100, 10, 1, s) for s in range(10)])
     assert sorted(epoch.tolist()) == list(range(100))  # one epoch visits every image once
     assert not torch.equal(a, batch_indices(100, 10, seed=2, step=13))
+
+
+def test_ctrl_c_during_a_checkpoint_is_held_until_it_is_written(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from dgmood.training.checkpoint import deferred_interrupts
+
+    path = tmp_path / "state.txt"
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        path.write_text("written after the signal arrived")
+    assert path.read_text() == "written after the signal arrived"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -7,10 +7,14 @@ for exact resume) and ``metrics.jsonl``. It is never silently overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,22 @@ METRICS_FILE = "metrics.jsonl"
 
 class RunDirError(RuntimeError):
     """A run directory is missing, incomplete, or would be overwritten."""
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, so a checkpoint is never half-written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[object] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
 
 
 def _publish(tmp: str, path: Path) -> None:

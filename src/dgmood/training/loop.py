@@ -34,6 +34,7 @@ from dgmood.training.checkpoint import (
     append_metrics,
     atomic_write_text,
     check_run_dir,
+    deferred_interrupts,
     load_training_state,
     prepare_run_dir,
     read_metrics,
@@ -260,6 +261,10 @@ def train(
         atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
     def checkpoint(step: int) -> None:
+        with deferred_interrupts():  # weights and state must describe the same step
+            _write_checkpoint(step)
+
+    def _write_checkpoint(step: int) -> None:
         save_model(model, run_dir / MODEL_FILE, config, step)
         save_training_state(
             run_dir / STATE_FILE,
