@@ -76,6 +76,8 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
 
     result = runner.invoke(app, ["predict", str(out / "vae"), str(photo)])
     assert result.exit_code == 2 and "not a classifier" in result.output
+    result = runner.invoke(app, ["evaluate", str(out / "classifier"), "--ood", "mnist"])
+    assert result.exit_code == 2 and "not a density model" in result.output
 
 
 def test_predict_needs_a_run_dir(tmp_path: Path) -> None:

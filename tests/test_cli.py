@@ -270,3 +270,11 @@ def load_run_step(run: Path) -> int:
     from dgmood.training.checkpoint import read_model_metadata
 
     return int(read_model_metadata(run / "model.safetensors")["step"])
+
+
+def test_reproduce_rejects_a_classifier_before_training(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["reproduce", "fashion-mnist", "--model", "cnn", "--out-dir", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "not a density model" in result.output
+    assert not (tmp_path / "out").exists()

@@ -344,11 +344,17 @@ def reproduce_fashion_mnist(
     import dataclasses
 
     from dgmood.evaluation.study import likelihood_study, write_study
+    from dgmood.models.base import DensityModel
+    from dgmood.models.registry import build_model
     from dgmood.presets import run_preset
     from dgmood.training import load_run
     from dgmood.training.loop import train_or_reuse
 
     cfg = run_preset(model, preset, "fashion-mnist")
+    if not isinstance(build_model(cfg.model, cfg.data), DensityModel):
+        raise ValueError(
+            f"{model} is not a density model; choose glow, cv-glow, realnvp, pixelcnnpp or a vae"
+        )
     if steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     sources = _sources(data_dir, mirror, download)

@@ -18,6 +18,7 @@ import numpy as np
 from dgmood.data.dequantize import DequantMode
 from dgmood.evaluation.metrics import OODMetrics, ood_metrics
 from dgmood.inference import score_cached
+from dgmood.models.base import DensityModel
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.training.checkpoint import LoadedRun, atomic_write_text
 from dgmood.training.loop import DataSources
@@ -116,6 +117,11 @@ def likelihood_study(
 
     ``limit`` caps each test set (0 = all); ``train_limit`` caps the train split.
     """
+    if not isinstance(run.model, DensityModel):
+        raise ValueError(
+            f"{run.run_dir} holds a {type(run.model).__name__}, not a density model; the "
+            "likelihood study needs one (classifier scores: `dgmood reproduce chicken`)"
+        )
     sources = sources or DataSources()
     data = run.config.data
     in_name = in_dataset or data.dataset
