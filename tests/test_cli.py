@@ -278,3 +278,10 @@ def test_reproduce_rejects_a_classifier_before_training(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "not a density model" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_chicken_checks_model_roles(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["reproduce", "chicken", "--classifier", "glow", "--out-dir", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "not a Classifier" in result.output

@@ -487,6 +487,8 @@ def reproduce_chicken(
 
     from dgmood.data.datasets import load_user_images
     from dgmood.evaluation.chicken import bundled_photos, chicken_study, write_chicken_study
+    from dgmood.models.base import Classifier, DensityModel
+    from dgmood.models.registry import build_model
     from dgmood.presets import run_preset
     from dgmood.training import load_run
     from dgmood.training.loop import train_or_reuse
@@ -495,6 +497,9 @@ def reproduce_chicken(
     runs = {}
     for role, name in (("classifier", classifier), ("vae", vae)):
         cfg = run_preset(name, preset, "mnist")
+        wanted = {"classifier": Classifier, "vae": DensityModel}[role]
+        if not isinstance(build_model(cfg.model, cfg.data), wanted):
+            raise ValueError(f"--{role} {name} is not a {wanted.__name__}")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, upscale=upscale))
         role_steps = {"classifier": classifier_steps, "vae": vae_steps}[role] or steps
         if role_steps is not None:
