@@ -21,8 +21,8 @@ app = typer.Typer(
 )
 reproduce_app = typer.Typer(help="Reproduce a paper experiment end to end.", no_args_is_help=True)
 app.add_typer(reproduce_app, name="reproduce")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths and markdown rows stay on one line
+err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
