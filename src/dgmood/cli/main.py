@@ -82,7 +82,7 @@ def user_errors(func: F) -> F:
 
 
 def _sources(data_dir: Path | None, mirror: Path | None, download: bool) -> Any:
-    from dgmood.training.loop import DataSources
+    from dgmood.data.loading import DataSources
 
     return DataSources(
         data_dir=str(data_dir) if data_dir else None,

@@ -2,12 +2,14 @@
 
 from dgmood.data.datasets import DATASETS, ImageSet, dataset_names, load_dataset
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
+from dgmood.data.loading import DataSources
 from dgmood.data.transforms import match_format
 
 __all__ = [
     "DATASETS",
     "CorruptDatasetError",
     "DataError",
+    "DataSources",
     "DatasetNotFoundError",
     "ImageSet",
     "dataset_names",

@@ -89,7 +89,7 @@ def _not_found(spec_name: str, where: Path) -> DatasetNotFoundError:
     spec = DATASETS[spec_name]
     return DatasetNotFoundError(
         f"dataset {spec_name!r} not found under {where}. {spec.how_to_get} "
-        f"The data directory is set with --data-dir or ${'DGMOOD_DATA'}; a folder of raw files "
+        "The data directory is set with --data-dir or $DGMOOD_DATA; a folder of raw files "
         f"with --mirror or $DGMOOD_MIRROR (sub-folder '{spec_name}')."
     )
 

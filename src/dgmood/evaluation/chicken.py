@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dgmood.data.dequantize import to_model_input
+from dgmood.data.loading import DataSources
 from dgmood.evaluation.metrics import OODMetrics, ood_metrics
 from dgmood.inference import score_cached
 from dgmood.scores.classifier import (
@@ -37,7 +38,6 @@ from dgmood.scores.classifier import (
 )
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.training.checkpoint import LoadedRun, atomic_write_text
-from dgmood.training.loop import DataSources
 
 THRESHOLDS = (0.99, 0.95, 0.75)
 POST_FASHION_FRACTIONS = {0.99: 0.634, 0.95: 0.743, 0.75: 0.889}  # the post's numbers

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from dgmood.data.dequantize import DequantMode
+from dgmood.data.loading import DataSources
 from dgmood.evaluation.metrics import OODMetrics, ood_metrics
 from dgmood.inference import score_cached
 from dgmood.models.base import DensityModel
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.training.checkpoint import LoadedRun, atomic_write_text
-from dgmood.training.loop import DataSources
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dgmood.config import DataConfig, RunConfig
-from dgmood.data.datasets import ImageSet, load_dataset
+from dgmood.config import RunConfig
+from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import to_model_input
-from dgmood.data.transforms import match_format
+from dgmood.data.loading import DataSources
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.registry import build_model
 from dgmood.training.checkpoint import (
@@ -57,33 +57,6 @@ class TrainResult:
     step: int
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class DataSources:
-    """Where to find datasets (see :mod:`dgmood.data.sources`)."""
-
-    data_dir: str | None = None
-    mirror: str | None = None
-    download: bool = False
-
-    def load_like(self, name: str, split: str, data: DataConfig) -> ImageSet:
-        """Load ``name``/``split`` in the format (channels, size, upscaling) of ``data``."""
-        return self.load(name, split, data.channels, data.image_size, data.upscale)
-
-    def load(
-        self, name: str, split: str, channels: int, size: int, upscale: str = "pad"
-    ) -> ImageSet:
-        raw = load_dataset(
-            name,
-            split,
-            data_dir=self.data_dir,
-            download=self.download,
-            mirror=self.mirror,
-            channels=channels,
-            size=size,
-        )
-        return match_format(raw, channels, size, upscale)
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> Tensor:
