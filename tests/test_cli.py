@@ -267,7 +267,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path: Path, mirr
 
 
 def load_run_step(run: Path) -> int:
-    from dgmood.training.checkpoint import read_model_metadata
+    from dgmood.runs import read_model_metadata
 
     return int(read_model_metadata(run / "model.safetensors")["step"])
 

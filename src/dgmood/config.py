@@ -8,6 +8,7 @@ round-trip: ``RunConfig.from_dict(cfg.to_dict()) == cfg``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -16,11 +17,35 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from dgmood.io import atomic_write_text
+
+_MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
+
 
 class ModelConfig:
-    """Base of every model-family config (a frozen dataclass with a ``family`` name)."""
+    """Base of every model-family config (a frozen dataclass with a ``family`` name).
+
+    Subclasses register themselves by family name when they are defined, so that a stored
+    config can name its family and be rebuilt (:meth:`RunConfig.from_dict`).
+    """
 
     family: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.family:
+            _MODEL_CONFIGS[cls.family] = cls
+
+
+def model_config_class(family: str) -> type[ModelConfig]:
+    """The config class of a model family (the built-in families are loaded on first use)."""
+    if family not in _MODEL_CONFIGS:
+        # the built-in families define their configs beside their networks; importing the
+        # package registers them (a plugin lookup, not a layering dependency)
+        importlib.import_module("dgmood.models")
+    if family not in _MODEL_CONFIGS:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(_MODEL_CONFIGS)}")
+    return _MODEL_CONFIGS[family]
 
 
 @dataclass(frozen=True)
@@ -124,8 +149,6 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        from dgmood.models.registry import model_config_class
-
         model_data = dict(data["model"])
         family = model_data.pop("family", None)
         if family is None:
@@ -146,8 +169,6 @@ class RunConfig:
         return cls.from_dict(yaml.safe_load(text))
 
     def save(self, path: Path) -> None:
-        from dgmood.training.checkpoint import atomic_write_text
-
         atomic_write_text(Path(path), self.to_yaml())
 
     @classmethod

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import DequantMode, to_model_input
+from dgmood.io import atomic_write_bytes
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
-from dgmood.training.checkpoint import atomic_write_bytes
 
 SCORES_DIR = "scores"
 

@@ -13,7 +13,7 @@ from dgmood.inference import score_images
 from dgmood.models.base import DensityModel, bits_per_dim
 from dgmood.models.registry import build_model, resolve_model
 from dgmood.presets import run_preset
-from dgmood.training.checkpoint import load_run, save_model
+from dgmood.runs import load_run, save_model
 
 DENSITY_MODELS = [
     "glow",

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from dgmood.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dgmood.models.base import DensityModel, InputSpec
 from dgmood.models.registry import register_family, resolve_model
+from dgmood.runs import read_metrics
 from dgmood.training import RunDirError, TrainingDivergedError, load_run, train
-from dgmood.training.checkpoint import read_metrics
 from dgmood.training.loop import DataSources, batch_indices
 
 TINY_DATA = DataConfig(dataset="fashion-mnist", train_limit=512, val_size=128)
@@ -139,7 +139,7 @@ def test_ctrl_c_during_a_checkpoint_is_held_until_it_is_written(tmp_path: Path) 
     import os
     import signal
 
-    from dgmood.training.checkpoint import deferred_interrupts
+    from dgmood.io import deferred_interrupts
 
     path = tmp_path / "state.txt"
     with pytest.raises(KeyboardInterrupt), deferred_interrupts():

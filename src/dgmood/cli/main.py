@@ -69,7 +69,7 @@ def user_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from dgmood.data.errors import DataError
-        from dgmood.training.checkpoint import RunDirError
+        from dgmood.runs import RunDirError
         from dgmood.training.loop import TrainingDivergedError
 
         try:
@@ -216,7 +216,7 @@ def train(
 
 def _report_interrupt(run_dir: Path) -> None:
     """Tell the user where an interrupted run stands and how to continue it."""
-    from dgmood.training.checkpoint import MODEL_FILE, read_model_metadata
+    from dgmood.runs import MODEL_FILE, read_model_metadata
 
     weights = run_dir / MODEL_FILE
     if weights.exists():

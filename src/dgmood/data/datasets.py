@@ -26,41 +26,10 @@ import torchvision.datasets as tvd
 from torch import Tensor
 
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
+from dgmood.data.imageset import ImageSet
 from dgmood.data.sources import copy_verified, resolve_data_dir, resolve_mirror, verify_md5
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """A split of a dataset, fully in memory."""
-
-    name: str  # registry name, e.g. "fashion-mnist"
-    split: str  # "train", "test", ...
-    images: Tensor  # uint8 [N, C, H, W]
-    labels: Tensor  # int64 [N]; -1 where unlabeled
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(
-                f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
-        if len(self.labels) != len(self.images):
-            raise ValueError("images and labels differ in length")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}-{self.split}"
-
-    def head(self, n: int) -> ImageSet:
-        """The first ``n`` images (all if ``n`` <= 0)."""
-        if n <= 0 or n >= len(self):
-            return self
-        return ImageSet(self.name, self.split, self.images[:n], self.labels[:n])
 
 
 @dataclass(frozen=True)

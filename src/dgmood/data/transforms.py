@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dgmood.data.datasets import ImageSet
+from dgmood.data.imageset import ImageSet
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 

@@ -26,6 +26,8 @@ from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.metrics import OODMetrics, ood_metrics
 from dgmood.inference import score_cached
+from dgmood.io import atomic_write_text
+from dgmood.runs import LoadedRun
 from dgmood.scores.classifier import (
     confidence_fractions,
     energy_score,
@@ -37,7 +39,6 @@ from dgmood.scores.classifier import (
     odin_score,
 )
 from dgmood.scores.density import negative_log_likelihood
-from dgmood.training.checkpoint import LoadedRun, atomic_write_text
 
 THRESHOLDS = (0.99, 0.95, 0.75)
 POST_FASHION_FRACTIONS = {0.99: 0.634, 0.95: 0.743, 0.75: 0.889}  # the post's numbers

@@ -19,9 +19,10 @@ from dgmood.data.dequantize import DequantMode
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.metrics import OODMetrics, ood_metrics
 from dgmood.inference import score_cached
+from dgmood.io import atomic_write_text
 from dgmood.models.base import DensityModel
+from dgmood.runs import LoadedRun
 from dgmood.scores.density import negative_log_likelihood
-from dgmood.training.checkpoint import LoadedRun, atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,6 @@ def families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def model_config_class(family: str) -> type:
-    _ensure_loaded()
-    if family not in _FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
-    return _FAMILIES[family][0]
-
-
 def build_model(config: ModelConfig, data: DataConfig) -> nn.Module:
     """Instantiate the network described by ``config`` for images described by ``data``."""
     _ensure_loaded()

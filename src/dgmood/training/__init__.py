@@ -1,6 +1,6 @@
 """Training: one loop for every model, checkpoints and run directories."""
 
-from dgmood.training.checkpoint import LoadedRun, RunDirError, load_run
+from dgmood.runs import LoadedRun, RunDirError, load_run
 from dgmood.training.loop import DataSources, TrainingDivergedError, TrainResult, train
 
 __all__ = [

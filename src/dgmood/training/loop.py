@@ -24,17 +24,16 @@ from dgmood.config import RunConfig
 from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
+from dgmood.io import atomic_write_text, deferred_interrupts
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.registry import build_model
-from dgmood.training.checkpoint import (
+from dgmood.runs import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
     STATE_FILE,
     append_metrics,
-    atomic_write_text,
     check_run_dir,
-    deferred_interrupts,
     load_training_state,
     prepare_run_dir,
     read_metrics,

@@ -1,4 +1,4 @@
-"""Run directories and checkpoints: safetensors weights, config inside, atomic writes.
+"""Run directories: file names, loading a trained run, checkpoints, metrics.
 
 A run directory holds ``config.yaml``, ``model.safetensors`` (weights and buffers, with the
 config and step in its metadata), ``training_state.pt`` (optimizer, scheduler, RNG and step,
@@ -7,14 +7,9 @@ for exact resume) and ``metrics.jsonl``. It is never silently overwritten.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import signal
-import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,64 +20,32 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dgmood.config import RunConfig
+from dgmood.io import atomic_path, atomic_write_bytes
+from dgmood.models.base import Classifier, DensityModel
+from dgmood.models.registry import build_model
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+SCORES_DIR = "scores"  # cached per-sample statistics (dgmood.inference)
 
 
 class RunDirError(RuntimeError):
-    """A run directory is missing, incomplete, or would be overwritten."""
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, so a checkpoint is never half-written."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[object] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the temporary file ordinary permissions (mkstemp makes it 0600) and rename it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        _publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """A run directory is missing, incomplete, corrupt, or would be overwritten."""
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to reuse a non-empty ``run_dir`` unless resuming (changes nothing)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--run-dir {run_dir} is a file, not a directory")
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RunDirError(
             f"run directory {run_dir} already exists and is not empty; pass --resume to "
             "continue that run, or choose another --run-dir (nothing was changed)"
         )
+    if resume and not run_dir.exists():
+        raise RunDirError(f"cannot resume: run directory {run_dir} does not exist")
     if resume and not (run_dir / CONFIG_FILE).exists():
         raise RunDirError(f"cannot resume: {run_dir / CONFIG_FILE} does not exist")
 
@@ -102,14 +65,8 @@ def save_model(model: nn.Module, path: Path, config: RunConfig, step: int) -> No
     """Weights + buffers to safetensors, with the run config and step as metadata."""
     metadata = {"config": config.to_yaml(), "step": str(step), "format": "dgmood-1"}
     tensors = _state_dict_for_safetensors(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        _publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_model_metadata(path: Path) -> dict[str, str]:
@@ -124,21 +81,45 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    return state
 
 
 @dataclass
 class LoadedRun:
+    """A trained run: its config, its model in eval mode, the step it was saved at."""
+
     config: RunConfig
-    model: nn.Module
+    model: DensityModel | Classifier
     step: int
     run_dir: Path
+
+    @property
+    def name(self) -> str:
+        """What the run is, for tables: its preset (``glow/cpu``) or its model family."""
+        return self.config.preset or type(self.config.model).family
+
+    def density_model(self) -> DensityModel:
+        """The model as a :class:`DensityModel`, or one clear error naming the run."""
+        if not isinstance(self.model, DensityModel):
+            raise ValueError(
+                f"{self.run_dir} holds a {type(self.model).__name__}, not a density model "
+                "(glow, cv-glow, realnvp, pixelcnnpp or a vae)"
+            )
+        return self.model
+
+    def classifier(self) -> Classifier:
+        """The model as a :class:`Classifier`, or one clear error naming the run."""
+        if not isinstance(self.model, Classifier):
+            raise ValueError(
+                f"{self.run_dir} holds a {type(self.model).__name__}, not a classifier "
+                "(e.g. `dgmood train cnn --dataset mnist`)"
+            )
+        return self.model
 
 
 def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model of a run from its config and load its weights (eval mode)."""
-    from dgmood.models.registry import build_model
-
     run_dir = Path(run_dir)
     weights = run_dir / MODEL_FILE
     if not weights.exists():
@@ -148,8 +129,11 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
     metadata = read_model_metadata(weights)
     config = RunConfig.from_yaml(metadata["config"])
     model = build_model(config.model, config.data)
-    state = load_file(str(weights))
-    model.load_state_dict(state)
+    if not isinstance(model, DensityModel | Classifier):
+        raise RunDirError(
+            f"{run_dir}: {type(model).__name__} is neither a density model nor a classifier"
+        )
+    model.load_state_dict(load_file(str(weights)))
     model.to(device)
     model.eval()
     return LoadedRun(config, model, int(metadata.get("step", 0)), run_dir)
