@@ -11,24 +11,36 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import DequantMode, to_model_input
+from dgmood.data.imageset import ImageSet
 from dgmood.io import atomic_write_bytes
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
+from dgmood.runs import SCORES_DIR
 
-SCORES_DIR = "scores"
+STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
+
+
+def _image_noise(count: int, start: int, shape: tuple[int, ...], seed: int) -> Tensor:
+    """Dequantization offsets for images ``start .. start+count-1``, each seeded by its index.
+
+    Image ``i`` always gets the same noise for a given seed, whatever the batch size.
+    """
+    out = torch.empty((count, *shape))
+    for row in range(count):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start + row)
+        out[row] = torch.rand(shape, generator=generator)
+    return out
 
 
 @torch.no_grad()
 def score_images(
-    model: nn.Module,
+    model: DensityModel | Classifier,
     images: Tensor,
     *,
     batch_size: int = 256,
@@ -40,42 +52,63 @@ def score_images(
 ) -> dict[str, np.ndarray]:
     """Per-sample statistics of uint8 ``images`` ``[N, C, H, W]`` under ``model``.
 
-    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples.
-    Dequantization noise for batch ``b`` comes from a generator seeded by ``(seed, b)``, so
-    runs with the same seed and batch size repeat exactly.
+    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples. Results do not
+    depend on ``batch_size``: the dequantization noise of image ``i`` is seeded by
+    ``(seed, i)``, and models whose score samples (a VAE's ELBO) are run in fixed blocks of
+    :data:`STOCHASTIC_BLOCK` images, each with its RNG seeded by ``(seed, block)``.
     """
-    spec = model.input_spec  # type: ignore[attr-defined]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec = model.input_spec
     device = next(model.parameters()).device
+    stochastic = isinstance(model, DensityModel) and model.stochastic_log_prob
+    if stochastic:  # whole blocks per batch, so that block boundaries never move
+        batch_size = max(STOCHASTIC_BLOCK, batch_size // STOCHASTIC_BLOCK * STOCHASTIC_BLOCK)
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
     starts = range(0, images.shape[0], batch_size)
     for start in tqdm(starts, disable=not progress, desc=desc, leave=False):
         chunk = images[start : start + batch_size]
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        x = to_model_input(chunk, spec, dequantization, generator=generator).to(device)
-        # stochastic scores (a VAE's sampled ELBO) are seeded per batch too
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed * 1_000_003 + start + 1)
-            stats = _batch_statistics(model, x, spec, iwae_k)
+        if dequantization == "uniform" and not spec.discrete:
+            noise = _image_noise(len(chunk), start, tuple(chunk.shape[1:]), seed)
+            bin_width = (spec.high - spec.low) / spec.n_levels
+            x = to_model_input(chunk, spec, "none") + noise * bin_width
+        else:
+            x = to_model_input(chunk, spec, dequantization)
+        x = x.to(device)
+        if stochastic:
+            pieces = []
+            for offset in range(0, len(x), STOCHASTIC_BLOCK):
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    block = (start + offset) // STOCHASTIC_BLOCK
+                    torch.manual_seed(seed * 1_000_003 + block + 1)
+                    pieces.append(
+                        _batch_statistics(model, x[offset : offset + STOCHASTIC_BLOCK], iwae_k)
+                    )
+            stats = {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
+        else:
+            stats = _batch_statistics(model, x, iwae_k)
         for key, value in stats.items():
             out.setdefault(key, []).append(value.detach().float().cpu().numpy())
     model.train(was_training)
     return {key: np.concatenate(values) for key, values in out.items()}
 
 
-def _batch_statistics(model: nn.Module, x: Tensor, spec: Any, iwae_k: int) -> dict[str, Tensor]:
+def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Tensor]:
     if isinstance(model, Classifier):
         features = model.features(x)
         return {"logits": model.head(features), "features": features}
     if not isinstance(model, DensityModel):
         raise TypeError(f"cannot score with {type(model).__name__}")
+    spec = model.input_spec
     stats = dict(model.log_prob_terms(x))
     stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
     if iwae_k > 0:
-        if not hasattr(model, "iwae_log_prob"):
+        iwae_log_prob = getattr(model, "iwae_log_prob", None)
+        if iwae_log_prob is None:
             raise ValueError(f"{type(model).__name__} has no importance-weighted bound (IWAE)")
-        stats["iwae_log_prob"] = model.iwae_log_prob(x, iwae_k)
+        stats["iwae_log_prob"] = iwae_log_prob(x, iwae_k)
         stats["iwae_bits_per_dim"] = bits_per_dim(stats["iwae_log_prob"], spec)
     return stats
 
@@ -87,7 +120,7 @@ def images_fingerprint(images: Tensor) -> str:
 
 
 def score_cached(
-    model: nn.Module,
+    model: DensityModel | Classifier,
     imageset: ImageSet,
     run_dir: Path,
     *,

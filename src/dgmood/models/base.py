@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,9 @@ class DensityModel(nn.Module, ABC):
     """
 
     input_spec: InputSpec
+    # True when log_prob_terms draws random numbers (a VAE's sampled ELBO): scoring then
+    # seeds the RNG per fixed block of images so that results do not depend on batch size
+    stochastic_log_prob: ClassVar[bool] = False
 
     @abstractmethod
     def log_prob_terms(self, x: Tensor) -> dict[str, Tensor]:

@@ -1,1 +1,29 @@
-"""OOD scores: pure functions of cached per-sample statistics; higher = more OOD."""
+"""OOD scores under one contract (:class:`Score`), registered by name; higher = more OOD.
+
+``dgmood scores`` lists them. Importing this package registers the built-in scores; a new
+score is one module here plus one import line below.
+"""
+
+from dgmood.scores.base import (
+    ModelKind,
+    Score,
+    ScoreInput,
+    make_score,
+    register_score,
+    score_class,
+    score_names,
+)
+
+# each module registers its scores on import (order = the order tables list them)
+from dgmood.scores import density  # noqa: E402,F401  isort: skip
+from dgmood.scores import classifier  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "ModelKind",
+    "Score",
+    "ScoreInput",
+    "make_score",
+    "register_score",
+    "score_class",
+    "score_names",
+]

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dgmood.scores.base import Score, ScoreInput, register_score
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -249,3 +251,106 @@ def confidence_fractions(
     if bool(((probs < 0) | (probs > 1) | probs.isnan()).any()):
         raise ValueError("max_probs must lie in [0, 1]; pass softmax probabilities, not logits")
     return {float(t): float((probs > t).to(torch.float64).mean()) for t in thresholds}
+
+
+# --- the same scores under the one Score contract (numpy out) --------------------------
+
+
+@register_score
+class MaxSoftmax(Score):
+    """Negative maximum softmax probability: a confident classifier calls the input in-distribution.
+
+    References: Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and
+    Out-of-Distribution Examples in Neural Networks", ICLR 2017.
+    """
+
+    name = "max-softmax"
+    model_kind = "classifier"
+    needs_stats = ("logits",)
+
+    def score(self, data: ScoreInput) -> np.ndarray:
+        return max_softmax_score(data.stat("logits")).numpy()
+
+
+@register_score
+class Energy(Score):
+    """Free energy ``-T logsumexp(logits / T)`` of the classifier's logits.
+
+    References: Liu, Wang, Owens & Li, "Energy-based Out-of-distribution Detection",
+    NeurIPS 2020.
+    """
+
+    name = "energy"
+    model_kind = "classifier"
+    needs_stats = ("logits",)
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        _check_temperature(temperature)
+        self.temperature = temperature
+
+    def score(self, data: ScoreInput) -> np.ndarray:
+        return energy_score(data.stat("logits"), self.temperature).numpy()
+
+
+@register_score
+class Odin(Score):
+    """ODIN: temperature-scaled max-softmax of inputs perturbed towards their predicted class.
+
+    References: Liang, Li & Srikant, "Enhancing The Reliability of Out-of-distribution Image
+    Detection in Neural Networks", ICLR 2018.
+    """
+
+    name = "odin"
+    model_kind = "classifier"
+    uses_model = True
+
+    def __init__(
+        self, temperature: float = 1000.0, epsilon: float = 0.0014, batch_size: int = 500
+    ) -> None:
+        _check_temperature(temperature)
+        self.temperature, self.epsilon, self.batch_size = temperature, epsilon, batch_size
+
+    def score(self, data: ScoreInput) -> np.ndarray:
+        from dgmood.data.dequantize import to_model_input
+
+        model = data.require_run(self.name).classifier()
+        device = next(model.parameters()).device
+        out = []
+        for start in range(0, len(data), self.batch_size):
+            chunk = data.images[start : start + self.batch_size]
+            x = to_model_input(chunk, model.input_spec).to(device)
+            logits = odin_logits(model, x, temperature=self.temperature, epsilon=self.epsilon)
+            out.append(odin_score(logits.cpu(), self.temperature).numpy())
+        return np.concatenate(out).astype(np.float64)
+
+
+@register_score
+class Mahalanobis(Score):
+    """Squared Mahalanobis distance of penultimate features to the closest class mean.
+
+    Class means and the tied covariance are fitted on labelled in-distribution training data.
+
+    References: Lee, Lee, Lee & Shin, "A Simple Unified Framework for Detecting
+    Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018.
+    """
+
+    name = "mahalanobis"
+    model_kind = "classifier"
+    needs_stats = ("features",)
+    needs_fit = True
+
+    def __init__(self, ridge: float = 1e-6) -> None:
+        self.ridge = ridge
+        self.gaussians: ClassGaussians | None = None
+
+    def fit(self, train: ScoreInput) -> Mahalanobis:
+        labels = train.labels.numpy()
+        if (labels < 0).any():
+            raise ValueError("Mahalanobis needs labelled in-distribution training data")
+        self.gaussians = fit_class_gaussians(train.stat("features"), labels, self.ridge)
+        return self
+
+    def score(self, data: ScoreInput) -> np.ndarray:
+        if self.gaussians is None:
+            raise ValueError("call fit() on in-distribution training data before score()")
+        return mahalanobis_score(data.stat("features"), self.gaussians).numpy()

@@ -55,6 +55,8 @@ class VAE(DensityModel):
         Burda et al., "Importance Weighted Autoencoders", ICLR 2016.
     """
 
+    stochastic_log_prob = True
+
     def __init__(
         self,
         encoder: ConvEncoder,
