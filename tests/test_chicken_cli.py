@@ -38,16 +38,17 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["metrics"]) == {"max-softmax", "energy", "odin", "mahalanobis", "vae -elbo"}
-    assert [p["name"] for p in results["photos"]] == [
+    results = json.loads((out / "result.json").read_text())
+    scores = {m["score"] for m in results["data"]["metrics"]}
+    assert scores == {"max-softmax", "energy", "odin", "mahalanobis", "vae nll"}
+    assert [p["name"] for p in results["data"]["photos"]] == [
         "chelsea",
         "astronaut",
         "coffee",
         "rocket",
         "camera",
     ]
-    for p in results["photos"]:
+    for p in results["data"]["photos"]:
         assert abs(sum(p["probabilities"]) - 1) < 1e-5
     for figure in (
         "confidence_barcode.png",
@@ -61,7 +62,7 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
     Image.fromarray(skimage_data.chelsea()).save(photo)
     result = runner.invoke(
         app,
-        ["predict", str(out / "classifier"), str(photo), "--plot", str(tmp_path / "fig")],
+        ["predict", str(out / "runs" / "classifier"), str(photo), "--plot", str(tmp_path / "fig")],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -70,13 +71,13 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
 
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is text")
-    result = runner.invoke(app, ["predict", str(out / "classifier"), str(not_an_image)])
+    result = runner.invoke(app, ["predict", str(out / "runs" / "classifier"), str(not_an_image)])
     assert result.exit_code == 2 and "notes.png" in result.output
     assert "Traceback" not in result.output
 
-    result = runner.invoke(app, ["predict", str(out / "vae"), str(photo)])
+    result = runner.invoke(app, ["predict", str(out / "runs" / "vae"), str(photo)])
     assert result.exit_code == 2 and "not a classifier" in result.output
-    result = runner.invoke(app, ["evaluate", str(out / "classifier"), "--ood", "mnist"])
+    result = runner.invoke(app, ["evaluate", str(out / "runs" / "classifier"), "--ood", "mnist"])
     assert result.exit_code == 2 and "not a density model" in result.output
 
 

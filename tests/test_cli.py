@@ -60,9 +60,11 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
         *common,
     )
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
-    assert [s["role"] for s in results["sets"]] == ["in-train", "in-test", "ood"]
-    assert 0.0 <= results["metrics"]["mnist-test"]["auroc"] <= 1.0
+    results = json.loads((out / "result.json").read_text())
+    sets = next(t for t in results["tables"] if t["name"] == "bits_per_dim")
+    assert [row[1] for row in sets["rows"]] == ["in-train", "in-test", "ood"]
+    assert [row[2] for row in sets["rows"]] == [100, 100, 100]
+    assert (out / "ood_metrics.csv").read_text().startswith("score,in-distribution,OOD,AUROC")
     assert (out / "bpd_histogram.png").stat().st_size > 10_000
     assert (out / "decomposition.png").exists()
 
@@ -83,7 +85,10 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     )
     assert result.exit_code == 0, result.output
     assert "AUROC of -log p(x)" in result.output
-    assert (report / "table.md").read_text().count("|") > 20
+    assert (report / "runs" / "model" / "model.safetensors").exists()
+    summary = (report / "summary.md").read_text()
+    assert "| fashion-mnist-test | in-test | 64 |" in summary
+    assert "| mnist-test | ood | 64 |" in summary
 
 
 def test_existing_run_dir_is_one_clear_error(tmp_path: Path) -> None:
@@ -183,7 +188,7 @@ def test_vae_scores_with_the_iwae_bound(tmp_path: Path, mirror: Path) -> None:
         str(mirror),
     )
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "results.json").read_text())["settings"]["iwae_k"] == 4
+    assert json.loads((out / "result.json").read_text())["settings"]["scoring"]["iwae_k"] == 4
 
 
 def test_resume_from_the_command_line_and_listings(tmp_path: Path, mirror: Path) -> None:
@@ -282,6 +287,9 @@ def test_reproduce_rejects_a_classifier_before_training(tmp_path: Path) -> None:
 
 def test_reproduce_chicken_checks_model_roles(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["reproduce", "chicken", "--classifier", "glow", "--out-dir", str(tmp_path / "out")]
+        app, ["reproduce", "chicken", "-o", "classifier=glow", "--out-dir", str(tmp_path / "out")]
     )
-    assert result.exit_code == 2 and "not a Classifier" in result.output
+    assert result.exit_code == 2 and "not a classifier model" in result.output
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, ["reproduce", "chicken", "-o", "colour=red"])
+    assert result.exit_code == 2 and "unknown config key 'colour'" in result.output

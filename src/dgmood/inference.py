@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,40 @@ def score_cached(
     np.savez(buffer, **stats)
     atomic_write_bytes(path, buffer.getvalue())
     return stats
+
+
+@dataclass(frozen=True)
+class PhotoPrediction:
+    """A classifier's answer for one image."""
+
+    name: str
+    predicted_class: int
+    confidence: float  # max softmax probability
+    probabilities: list[float]
+
+
+@torch.no_grad()
+def classify_images(
+    model: Classifier, images: Tensor, names: list[str] | None = None
+) -> list[PhotoPrediction]:
+    """Class probabilities of uint8 ``images`` ``[N, C, H, W]`` (``dgmood predict``, the post)."""
+    device = next(model.parameters()).device
+    x = to_model_input(images, model.input_spec, "center").to(device)
+    probabilities = torch.softmax(model(x), dim=1).cpu()
+    names = names or [str(i) for i in range(len(images))]
+    return [
+        PhotoPrediction(name, int(p.argmax()), float(p.max()), [float(v) for v in p])
+        for name, p in zip(names, probabilities, strict=True)
+    ]
+
+
+@torch.no_grad()
+def reconstruct_images(model: DensityModel, images: Tensor) -> Tensor:
+    """A VAE's reconstructions of uint8 ``images``, as floats in [0, 1] for display."""
+    reconstruct = getattr(model, "reconstruct", None)
+    if reconstruct is None:
+        raise ValueError(f"{type(model).__name__} cannot reconstruct images")
+    device = next(model.parameters()).device
+    x = to_model_input(images, model.input_spec, "center").to(device)
+    result: Tensor = reconstruct(x)
+    return result.clamp(0, 1).cpu()

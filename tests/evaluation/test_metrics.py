@@ -10,12 +10,12 @@ from dgmood.evaluation.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr, ood_
 
 def test_perfect_separation() -> None:
     m = ood_metrics(in_scores=[0.1, 0.2, 0.3], out_scores=[0.9, 1.0, 1.1, 1.2])
-    assert m.auroc == 1.0 and m.aupr_in == 1.0 and m.aupr_out == 1.0 and m.fpr95 == 0.0
+    assert m.auroc == 1.0 and m.aupr_in == 1.0 and m.aupr_out == 1.0 and m.fpr95_out == 0.0
 
 
 def test_reversed_scores_give_auroc_zero_and_fpr_one() -> None:
     m = ood_metrics(in_scores=[5.0, 6.0, 7.0], out_scores=[0.0, 1.0])
-    assert m.auroc == 0.0 and m.fpr95 == 1.0
+    assert m.auroc == 0.0 and m.fpr95_out == 1.0
 
 
 def test_hand_computed_case() -> None:

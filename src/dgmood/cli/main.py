@@ -19,8 +19,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-reproduce_app = typer.Typer(help="Reproduce a paper experiment end to end.", no_args_is_help=True)
-app.add_typer(reproduce_app, name="reproduce")
 console = Console(soft_wrap=True)  # long paths and markdown rows stay on one line
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -229,6 +227,26 @@ def _report_interrupt(run_dir: Path) -> None:
         err_console.print("[yellow]interrupted[/] before the first checkpoint was written.")
 
 
+def _context(
+    out_dir: Path,
+    data_dir: Path | None,
+    mirror: Path | None,
+    download: bool,
+    **values: Any,
+) -> Any:
+    from dgmood.studies import StudyContext
+
+    return StudyContext(out_dir=out_dir, sources=_sources(data_dir, mirror, download), **values)
+
+
+def _print_result(result: Any, out_dir: Path) -> None:
+    for table in result.tables:
+        console.print(f"\n[bold]{table.title}[/]")
+        console.print(table.to_markdown(), markup=False)
+    console.print(f"[bold]{result.finding}[/]", markup=False)
+    console.print(f"results: {out_dir}")
+
+
 @app.command()
 @user_errors
 def score(
@@ -245,43 +263,45 @@ def score(
     download: Download = False,
     device: Device = "cpu",
 ) -> None:
-    """Per-sample statistics of a dataset under a run, computed once and cached in the run."""
-    from dgmood.inference import score_cached
-    from dgmood.training import load_run
+    """Per-sample statistics of a dataset under a run, computed once and cached in the run.
 
-    run = load_run(run_dir, device or "cpu")
-    data = run.config.data
-    imageset = _sources(data_dir, mirror, download).load_like(dataset, split, data).head(limit)
-    stats = score_cached(
-        run.model,
-        imageset,
-        run.run_dir,
-        step=run.step,
-        batch_size=batch_size,
-        dequantization=dequantization,
-        seed=seed,
-        iwae_k=iwae_k,
-    )  # type: ignore[arg-type]
-    table = Table(
-        "statistic",
-        "mean",
-        "std",
-        "min",
-        "max",
-        title=f"{imageset.label} ({len(imageset)} images) under {run_dir}",
+    Example: dgmood score runs/glow-fm --dataset mnist --limit 1000
+    """
+    from dgmood.evaluation.compare import ScoringOptions, score_dataset
+
+    stats, label = score_dataset(
+        run_dir,
+        dataset,
+        split,
+        sources=_sources(data_dir, mirror, download),
+        limit=limit,
+        options=ScoringOptions(_dequant(dequantization), seed, batch_size, iwae_k),
+        device=device or "cpu",
     )
+    table = Table("statistic", "mean", "std", "min", "max", title=f"{label} under {run_dir}")
     for key, value in stats.items():
         if value.ndim == 1:
-            table.add_row(
-                key,
-                f"{value.mean():.4f}",
-                f"{value.std():.4f}",
-                f"{value.min():.4f}",
-                f"{value.max():.4f}",
-            )
+            cells = (value.mean(), value.std(), value.min(), value.max())
+            table.add_row(key, *(f"{v:.4f}" for v in cells))
         else:
             table.add_row(key, f"shape {value.shape}", "", "", "")
     console.print(table)
+
+
+def _dequant(mode: str) -> Any:
+    if mode not in ("uniform", "center", "none"):
+        raise ValueError(f"--dequantization must be uniform, center or none, got {mode!r}")
+    return mode
+
+
+ScoreNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--score",
+        help="OOD score(s) to compare (see `dgmood scores`; default: every score that applies "
+        "and needs no extra model).",
+    ),
+]
 
 
 @app.command()
@@ -289,6 +309,7 @@ def score(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory of a density model.")],
     ood: Annotated[list[str], typer.Option("--ood", help="OOD dataset(s) to compare with.")],
+    score_names: ScoreNames = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Where to write results (default RUN_DIR/eval).")
     ] = None,
@@ -302,80 +323,113 @@ def evaluate(
     download: Download = False,
     device: Device = "cpu",
 ) -> None:
-    """In-dist vs OOD: bits/dim table, histograms, AUROC/AUPR/FPR@95TPR of -log p(x)."""
-    from dgmood.evaluation.study import likelihood_study, write_study
-    from dgmood.training import load_run
+    """In-dist vs OOD: bits/dim table, histograms, AUROC/AUPR/FPR@95TPR of each OOD score.
 
-    run = load_run(run_dir, device or "cpu")
-    study = likelihood_study(
-        run,
+    Example: dgmood evaluate runs/glow-fm --ood mnist --score nll --limit 2000
+    """
+    from dgmood.evaluation.compare import ScoringOptions
+    from dgmood.studies import evaluate_run
+
+    out = out_dir or run_dir / "eval"
+    ctx = _context(out, data_dir, mirror, download, limit=limit, device=device)
+    result = evaluate_run(
+        run_dir,
         list(ood),
-        sources=_sources(data_dir, mirror, download),
-        limit=limit,
+        ctx,
+        scores=list(score_names or []),
         train_limit=train_limit,
-        dequantization=dequantization,
-        seed=seed,
-        iwae_k=iwae_k,
-    )  # type: ignore[arg-type]
-    paths = write_study(study, out_dir or run_dir / "eval")
-    console.print(study.table_markdown())
-    for name, path in paths.items():
-        console.print(f"{name}: {path}")
+        scoring=ScoringOptions(_dequant(dequantization), seed, iwae_k=iwae_k),
+        device=device or "cpu",
+    )
+    _print_result(result, out)
 
 
-@reproduce_app.command("fashion-mnist")
+@app.command("scores")
+def list_scores() -> None:
+    """List the OOD scores (higher = more OOD), what they need, and their references."""
+    from dgmood.scores import score_class, score_names
+
+    table = Table("score", "model", "needs", "summary", "references")
+    for name in score_names():
+        cls = score_class(name)
+        needs = ", ".join(
+            [*cls.needs_stats, *(["fit on in-dist train"] if cls.needs_fit else [])]
+            + (["the model"] if cls.uses_model else [])
+        )
+        table.add_row(name, cls.model_kind, needs, cls.summary(), cls.references())
+    console.print(table)
+
+
+@app.command("studies")
+def list_studies() -> None:
+    """List the studies `dgmood reproduce NAME` runs, with their options and defaults."""
+    import dataclasses
+
+    from dgmood.studies import study_class, study_names
+
+    table = Table("study", "question", "options (-o KEY=VALUE)")
+    for name in study_names():
+        cls = study_class(name)
+        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Options))
+        table.add_row(name, cls.title, options)
+    console.print(table)
+
+
+@app.command()
 @user_errors
-def reproduce_fashion_mnist(
-    model: Annotated[str, typer.Option(help="Density model to train.")] = "glow",
-    preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
-    steps: Annotated[int | None, typer.Option(help="Override the preset's training steps.")] = None,
-    out_dir: Annotated[Path, typer.Option(help="Folder for the run and the report.")] = Path(
-        "reports/fashion-mnist"
-    ),
-    limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
-    iwae_k: IwaeK = 0,
-    resume: Annotated[bool, typer.Option(help="Resume an interrupted run in OUT_DIR/run.")] = False,
+def reproduce(
+    study: Annotated[str, typer.Argument(help="Study to run (see `dgmood studies`).")],
+    preset: Annotated[
+        str, typer.Option(help="Size preset of the runs: tiny, cpu or paper.")
+    ] = "cpu",
+    model: Annotated[
+        str | None, typer.Option(help="Shortcut for -o model=NAME (studies with a model).")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="A study option KEY=VALUE (repeatable)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps of every run.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Folder for runs and results (default reports/STUDY).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Cap each test set (0 = all).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
     device: Device = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train on FashionMNIST, score FashionMNIST and MNIST tests: MNIST gets *higher* likelihood."""
-    import dataclasses
+    """Reproduce a study end to end: train (or reuse) its runs, score, compare, write results.
 
-    from dgmood.evaluation.study import likelihood_study, write_study
-    from dgmood.models.base import DensityModel
-    from dgmood.models.registry import build_model
-    from dgmood.presets import run_preset
-    from dgmood.training import load_run
-    from dgmood.training.loop import train_or_reuse
+    Examples:
+      dgmood reproduce fashion-mnist                      # Glow, cpu preset
+      dgmood reproduce fashion-mnist --model vae -o iwae_k=100
+      dgmood reproduce chicken -o classifier_steps=500 -o photos=[me.jpg]
+    """
+    out = out_dir or Path("reports") / study
+    overrides = list(option or [])
+    if model is not None:
+        overrides.insert(0, f"model={model}")
+    ctx = _context(
+        out,
+        data_dir,
+        mirror,
+        download,
+        preset=preset,
+        steps=steps,
+        limit=limit,
+        device=device,
+        resume=resume,
+        progress=progress,
+    )
+    from dgmood.studies import run_study
 
-    cfg = run_preset(model, preset, "fashion-mnist")
-    if not isinstance(build_model(cfg.model, cfg.data), DensityModel):
-        raise ValueError(
-            f"{model} is not a density model; choose glow, cv-glow, realnvp, pixelcnnpp or a vae"
-        )
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
-    sources = _sources(data_dir, mirror, download)
-    run_dir = out_dir / "run"
-    if not train_or_reuse(cfg, run_dir, sources=sources, resume=resume, device=device):
-        console.print(f"reusing the finished run in {run_dir}")
-    run = load_run(run_dir, "cpu")
-    study = likelihood_study(
-        run, ["mnist"], sources=sources, limit=limit, train_limit=limit or 10_000, iwae_k=iwae_k
-    )
-    paths = write_study(study, out_dir)
-    console.print(study.table_markdown())
-    m = study.metrics[next(iter(study.metrics))]
-    verdict = "reproduced" if m.auroc < 0.5 else "NOT reproduced"
-    console.print(
-        f"[bold]AUROC of -log p(x), FashionMNIST (in) vs MNIST (OOD): {m.auroc:.3f}"
-        f" -> the paper's failure is {verdict} (< 0.5 means MNIST looks *more* "
-        "in-distribution).[/]"
-    )
-    for name, path in paths.items():
-        console.print(f"{name}: {path}")
+    result = run_study(study, ctx, overrides)
+    _print_result(result, out)
 
 
 @app.command()
@@ -391,145 +445,38 @@ def predict(
         bool | None,
         typer.Option(
             "--invert/--no-invert",
-            help="Force MNIST's "
-            "white-on-black inversion on or off (default: "
-            "auto-detect a bright background).",
+            help="Force MNIST's white-on-black inversion on or off (default: auto-detect a "
+            "bright background).",
         ),
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for the post's figure per image: "
-            "expected (uniform) vs actual probabilities."
+            help="Folder for the post's figure per image: expected (uniform) vs actual "
+            "probabilities."
         ),
     ] = None,
 ) -> None:
-    """Class probabilities of any photo, after the documented MNIST-ify path."""
-    import torch
+    """Class probabilities of any photo, after the documented MNIST-ify path.
 
-    from dgmood.data.datasets import load_user_images
-    from dgmood.data.dequantize import to_model_input
-    from dgmood.models.base import Classifier
-    from dgmood.training import load_run
+    Example: dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
+    """
+    from dgmood.studies.chicken import predict_files
 
-    run = load_run(run_dir)
-    if not isinstance(run.model, Classifier):
-        raise ValueError(f"{run_dir} holds a {type(run.model).__name__}, not a classifier")
-    data = run.config.data
-    batch = load_user_images(list(images), data.channels, data.image_size, invert)
-    with torch.no_grad():
-        probs = torch.softmax(run.model(to_model_input(batch, run.model.input_spec)), dim=1)
+    predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
     table = Table("image", "predicted", "confidence", "softmax over classes 0..K-1")
     table.columns[0].overflow = "fold"
     table.columns[3].overflow = "fold"
-    for path, p in zip(images, probs, strict=True):
+    for p in predictions:
         table.add_row(
-            path.name,
-            str(int(p.argmax())),
-            f"{float(p.max()):.4f}",
-            " ".join(f"{float(v):.3f}" for v in p),
+            p.name,
+            str(p.predicted_class),
+            f"{p.confidence:.4f}",
+            " ".join(f"{v:.3f}" for v in p.probabilities),
         )
     console.print(table)
-    if plot is not None:
-        from dgmood.reporting.classifier_plots import plot_class_probabilities
-
-        for path, image, p in zip(images, batch, probs, strict=True):
-            out = plot_class_probabilities(
-                p.numpy(),
-                plot / f"{path.stem}_probabilities.png",
-                image=image.numpy(),
-                title=path.name,
-            )
-            console.print(f"figure: {out}")
-
-
-@reproduce_app.command("chicken")
-@user_errors
-def reproduce_chicken(
-    classifier: Annotated[
-        str, typer.Option(help="Classifier model (cnn, cnn-plain).")
-    ] = "cnn-plain",
-    vae: Annotated[
-        str, typer.Option(help="VAE model trained on MNIST for the ELBO.")
-    ] = "vae-bernoulli",
-    preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",
-    steps: Annotated[int | None, typer.Option(help="Override both models' training steps.")] = None,
-    classifier_steps: Annotated[
-        int | None, typer.Option(help="Override the classifier's training steps.")
-    ] = None,
-    vae_steps: Annotated[
-        int | None, typer.Option(help="Override the VAE's training steps.")
-    ] = None,
-    photo: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Your own photo(s) to pass through (default: scikit-image's bundled photos)."
-        ),
-    ] = None,
-    out_dir: Annotated[Path, typer.Option(help="Folder for the runs and the report.")] = Path(
-        "reports/chicken"
-    ),
-    limit: Annotated[int, typer.Option(help="Cap each test set (0 = all 10,000).")] = 0,
-    upscale: Annotated[
-        str,
-        typer.Option(help="28 -> 32 pixels: 'resize' (the post's footnote 2) or 'pad'."),
-    ] = "resize",
-    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
-    data_dir: DataDir = None,
-    mirror: Mirror = None,
-    download: Download = False,
-    device: Device = None,
-) -> None:
-    """The chicken post: an MNIST CNN is sure photos and clothes are digits; a VAE is not."""
-    import dataclasses
-
-    from PIL import Image
-
-    from dgmood.data.datasets import load_user_images
-    from dgmood.evaluation.chicken import bundled_photos, chicken_study, write_chicken_study
-    from dgmood.models.base import Classifier, DensityModel
-    from dgmood.models.registry import build_model
-    from dgmood.presets import run_preset
-    from dgmood.training import load_run
-    from dgmood.training.loop import train_or_reuse
-
-    sources = _sources(data_dir, mirror, download)
-    runs = {}
-    for role, name in (("classifier", classifier), ("vae", vae)):
-        cfg = run_preset(name, preset, "mnist")
-        wanted = {"classifier": Classifier, "vae": DensityModel}[role]
-        if not isinstance(build_model(cfg.model, cfg.data), wanted):
-            raise ValueError(f"--{role} {name} is not a {wanted.__name__}")
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, upscale=upscale))
-        role_steps = {"classifier": classifier_steps, "vae": vae_steps}[role] or steps
-        if role_steps is not None:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=role_steps))
-        train_or_reuse(cfg, out_dir / role, sources=sources, resume=resume, device=device)
-        runs[role] = load_run(out_dir / role)
-    if photo:
-        photo_files = list(photo)
-    else:  # write the bundled photos to files: they take the same path as a user's photo
-        photo_dir = out_dir / "photos"
-        photo_dir.mkdir(parents=True, exist_ok=True)
-        photo_files = []
-        for name, array in bundled_photos().items():
-            Image.fromarray(array).save(photo_dir / f"{name}.png")
-            photo_files.append(photo_dir / f"{name}.png")
-    data = runs["classifier"].config.data
-    photo_tensors = dict(
-        zip(
-            [p.stem for p in photo_files],
-            load_user_images(photo_files, data.channels, data.image_size),
-            strict=True,
-        )
-    )
-    study, arrays = chicken_study(
-        runs["classifier"], runs["vae"], photo_tensors, sources=sources, limit=limit
-    )
-    paths = write_chicken_study(study, arrays, photo_tensors, runs["vae"], out_dir)
-    console.print(study.table_markdown())
-    for name, path in paths.items():
-        console.print(f"{name}: {path}")
+    for figure in figures:
+        console.print(f"figure: {figure}")
 
 
 def main() -> None:  # pragma: no cover

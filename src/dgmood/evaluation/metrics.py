@@ -11,7 +11,8 @@ All computed with scikit-learn.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -62,22 +63,27 @@ class OODMetrics:
     auroc: float
     aupr_in: float
     aupr_out: float
-    fpr95: float
+    fpr95_in: float  # fraction of OOD accepted when 95% of in-dist is accepted (literature)
+    fpr95_out: float  # fraction of in-dist flagged when 95% of OOD is flagged (pytorch-ood)
     n_in: int
     n_out: int
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def ood_metrics(in_scores: ArrayLike, out_scores: ArrayLike) -> OODMetrics:
+def ood_metrics(
+    in_scores: ArrayLike, out_scores: ArrayLike, *, confidence: float | None = None
+) -> OODMetrics:
     """All metrics at once (higher score = more OOD)."""
     scores_in, scores_out = _validate(in_scores, out_scores)
     return OODMetrics(
         auroc=auroc(scores_in, scores_out),
         aupr_in=aupr_in(scores_in, scores_out),
         aupr_out=aupr_out(scores_in, scores_out),
-        fpr95=fpr_at_tpr(scores_in, scores_out, 0.95),
+        fpr95_in=fpr_at_tpr(-scores_out, -scores_in, 0.95),
+        fpr95_out=fpr_at_tpr(scores_in, scores_out, 0.95),
         n_in=int(scores_in.size),
         n_out=int(scores_out.size),
     )

@@ -1,0 +1,76 @@
+"""Running studies by name and evaluating an existing run: what the CLI calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dgmood.evaluation.compare import ScoringOptions
+from dgmood.reporting.result import StudyResult
+from dgmood.runs import load_run
+from dgmood.studies.base import Study, StudyContext, environment, study_class
+from dgmood.studies.likelihood import likelihood_comparison, likelihood_finding
+
+
+def run_study(
+    name: str, ctx: StudyContext, overrides: Sequence[str] = (), **options: Any
+) -> StudyResult:
+    """Run registered study ``name`` in ``ctx`` and write its result into ``ctx.out_dir``.
+
+    ``overrides`` are ``key=value`` strings for the study's options; ``options`` are keyword
+    values (an unknown option is one clear error naming the known ones).
+    """
+    cls = study_class(name)
+    known = set(cls.Options.__dataclass_fields__)
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(
+            f"study {name!r} has no option(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
+    study: Study[Any] = cls.with_options(overrides, **options)
+    result = study.run(ctx)
+    result.write(ctx.out_dir)
+    return result
+
+
+def evaluate_run(
+    run_dir: Path,
+    ood: Sequence[str],
+    ctx: StudyContext,
+    *,
+    scores: Sequence[str] = (),
+    train_limit: int = 10_000,
+    scoring: ScoringOptions | None = None,
+    device: str = "cpu",
+) -> StudyResult:
+    """In-distribution vs OOD sets under an existing density-model run, without training.
+
+    Scores that need auxiliary runs train them into ``ctx.out_dir/runs``.
+    """
+    run = load_run(run_dir, device)
+    scoring = scoring or ScoringOptions(progress=ctx.progress)
+    _, sets, metrics, figures, data = likelihood_comparison(
+        run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
+    )
+    result = StudyResult(
+        study="evaluate",
+        title=f"Is {run.name} ({run_dir}) fooled by {', '.join(ood)}?",
+        finding=likelihood_finding(run, run.config.data.dataset, metrics),
+        tables=[sets, metrics],
+        figures=figures,
+        runs={"model": str(run_dir)},
+        settings={
+            "ood": list(ood),
+            "scores": list(scores),
+            "train_limit": train_limit,
+            "limit": ctx.limit,
+            "scoring": dataclasses.asdict(scoring),
+        },
+        data=data,
+        timings=dict(ctx.timings),
+        environment=environment(),
+    )
+    result.write(ctx.out_dir)
+    return result
