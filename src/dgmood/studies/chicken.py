@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from torch import Tensor
 
 from dgmood.evaluation.compare import ScoringOptions, compare_scores, prepare_input
 from dgmood.inference import PhotoPrediction, classify_images
 from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
+from dgmood.runs import LoadedRun
 from dgmood.scores.base import make_score, score_names
 from dgmood.scores.classifier import confidence_fractions, max_softmax_probability
 from dgmood.studies.base import Study, StudyContext, metrics_table, register_study, require_kind
@@ -226,7 +228,13 @@ class Chicken(Study[ChickenOptions]):
 
     @staticmethod
     def _vae_figures(
-        vae, elbo_mnist, elbo_fashion, digit, photos, names, out: Path
+        vae: LoadedRun,
+        elbo_mnist: np.ndarray,
+        elbo_fashion: np.ndarray,
+        digit: Tensor,
+        photos: Tensor,
+        names: list[str],
+        out: Path,
     ) -> list[Figure]:
         import torch
 
