@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
-from dgmood.evaluation.metrics import OODMetrics, ood_metrics
+from dgmood.evaluation.metrics import FPR_HEADERS, OODMetrics, ood_metrics
 from dgmood.inference import score_cached
 from dgmood.io import atomic_write_text
 from dgmood.runs import LoadedRun
@@ -89,12 +89,13 @@ class ChickenStudy:
             lines.append(f"| {p.name} | {p.predicted_class} | {p.confidence:.4f} |")
         lines += [
             "",
-            "| score (MNIST in, FashionMNIST out) | AUROC | AUPR-in | AUPR-out | FPR@95TPR |",
-            "|---|---:|---:|---:|---:|",
+            f"| score (MNIST in, FashionMNIST out) | AUROC | AUPR-in | AUPR-out | {FPR_HEADERS} |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for name, m in self.metrics.items():
             lines.append(
-                f"| {name} | {m.auroc:.3f} | {m.aupr_in:.3f} | {m.aupr_out:.3f} | {m.fpr95:.3f} |"
+                f"| {name} | {m.auroc:.3f} | {m.aupr_in:.3f} | {m.aupr_out:.3f} | "
+                f"{m.fpr95_in:.3f} | {m.fpr95_out:.3f} |"
             )
         return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from dgmood.data.dequantize import DequantMode
 from dgmood.data.loading import DataSources
-from dgmood.evaluation.metrics import OODMetrics, ood_metrics
+from dgmood.evaluation.metrics import FPR_HEADERS, OODMetrics, ood_metrics
 from dgmood.inference import score_cached
 from dgmood.io import atomic_write_text
 from dgmood.models.base import DensityModel
@@ -70,14 +70,14 @@ class LikelihoodStudy:
             )
         lines += [
             "",
-            "| in (test) vs OOD | AUROC | AUPR-in | AUPR-out | FPR@95TPR |",
-            "|---|---:|---:|---:|---:|",
+            f"| in (test) vs OOD | AUROC | AUPR-in | AUPR-out | {FPR_HEADERS} |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         in_label = next(s.label for s in self.summaries if s.role == "in-test")
         for label, m in self.metrics.items():
             lines.append(
                 f"| {in_label} vs {label} | {m.auroc:.3f} | {m.aupr_in:.3f} | {m.aupr_out:.3f} | "
-                f"{m.fpr95:.3f} |"
+                f"{m.fpr95_in:.3f} | {m.fpr95_out:.3f} |"
             )
         return "\n".join(lines) + "\n"
 
