@@ -62,7 +62,16 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert [s["role"] for s in results["sets"]] == ["in-train", "in-test", "ood"]
-    assert 0.0 <= results["metrics"]["mnist-test"]["auroc"] <= 1.0
+    metrics = results["metrics"]["mnist-test"]
+    assert (metrics["n_in"], metrics["n_out"]) == (100, 100)
+    low, high = metrics["ci"]["auroc"]
+    assert low <= metrics["auroc"] <= high and high - low < 0.4  # 100 vs 100: +-0.08 or so
+    table = (out / "table.md").read_text()
+    row = next(line for line in table.splitlines() if " vs mnist-test |" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    names = ["auroc", "aupr_in", "aupr_out", "fpr95_in", "fpr95_out"]
+    assert cells[1:] == [f"{metrics[name]:.3f}" for name in names]
+    assert "FPR@95TPR in-pos (OOD accepted) | FPR@95TPR OOD-pos (in flagged)" in table
     assert (out / "bpd_histogram.png").stat().st_size > 10_000
     assert (out / "decomposition.png").exists()
 
@@ -83,7 +92,14 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     )
     assert result.exit_code == 0, result.output
     assert "AUROC of -log p(x)" in result.output
-    assert (report / "table.md").read_text().count("|") > 20
+    report_results = json.loads((report / "results.json").read_text())
+    assert [s["role"] for s in report_results["sets"]] == ["in-train", "in-test", "ood"]
+    assert [s["n"] for s in report_results["sets"]][1:] == [64, 64]
+    table_lines = (report / "table.md").read_text().splitlines()
+    ood_label = report_results["sets"][2]["label"]
+    ood_row = next(line for line in table_lines if line.startswith(f"| {ood_label} | ood | 64 |"))
+    bpd_mean = report_results["sets"][2]["bpd_mean"]
+    assert f"| {bpd_mean:.3f} |" in ood_row
 
 
 def test_existing_run_dir_is_one_clear_error(tmp_path: Path) -> None:
