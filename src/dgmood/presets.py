@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from dgmood.config import DataConfig, RunConfig, TrainConfig
+from dgmood.data.datasets import DATASETS
 from dgmood.models.registry import resolve_model
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -52,17 +53,6 @@ FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
     ("pixelcnnpp", "paper"): {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
 }
 
-DATASET_CHANNELS = {
-    "mnist": 1,
-    "fashion-mnist": 1,
-    "kmnist": 1,
-    "cifar10": 3,
-    "cifar100": 3,
-    "svhn": 3,
-    "celeba": 3,
-    "imagenet32": 3,
-}
-
 
 def run_preset(
     model: str, preset: str = "cpu", dataset: str = "fashion-mnist", channels: int | None = None
@@ -71,7 +61,8 @@ def run_preset(
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(TRAIN_PRESETS)}")
     if channels is None:
-        channels = DATASET_CHANNELS.get(dataset, 3)
+        # a dataset's native channels; user folders (folder:PATH) default to colour
+        channels = DATASETS[dataset].channels if dataset in DATASETS else 3
     data = DataConfig(dataset=dataset, channels=channels)
     model_config = resolve_model(model, preset)
     overrides = FAMILY_TRAIN_OVERRIDES.get((type(model_config).family, preset), {})

@@ -93,7 +93,8 @@ class MNISTCNN(Classifier):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_spec.shape:
             raise ValueError(
                 f"expected images of shape [batch, {', '.join(map(str, self.input_spec.shape))}]"
-                f", got {list(x.shape)}; convert with dgmood.data.images.mnistify/to_channels"
+                f", got {list(x.shape)}; convert with dgmood.data.images.mnistify or "
+                "dgmood.data.transforms.to_channels"
             )
         return self.hidden(self.conv(x))
 
