@@ -7,6 +7,7 @@ published setting (GPU-scale).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.data.datasets import DATASETS
@@ -46,7 +47,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 }
 
 # Per-family changes to the train presets, so that each `cpu` run fits in ~10 min on 2 cores.
-FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
+FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("vae", "cpu"): {"steps": 1500, "eval_every": 500, "checkpoint_every": 250},
     ("cnn", "cpu"): {"steps": 2000, "eval_every": 500, "checkpoint_every": 500},
     ("pixelcnnpp", "cpu"): {"steps": 500, "batch_size": 32, "lr": 2e-3},

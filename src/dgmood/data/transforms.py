@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF  # type: ignore[import-untyped]
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 

@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import bootstrap  # type: ignore[import-untyped]
-from sklearn.metrics import (  # type: ignore[import-untyped]
+from scipy.stats import bootstrap
+from sklearn.metrics import (
     average_precision_score,
     roc_auc_score,
     roc_curve,

@@ -236,6 +236,11 @@ class GatedResNet(nn.Module):
         return x + value * torch.sigmoid(gate)
 
 
+def _blocks(stage: nn.Module) -> list[GatedResNet]:
+    """The gated resnets of one stage (a ModuleList), typed."""
+    return [block for block in stage.children() if isinstance(block, GatedResNet)]
+
+
 class PixelCNNppNetwork(nn.Module):
     """Images ``[B, C, H, W]`` in [-1, 1] -> mixture parameters ``[B, P, H, W]``.
 
@@ -309,8 +314,10 @@ class PixelCNNppNetwork(nn.Module):
         for module in self.modules():
             if isinstance(module, GatedResNet):
                 # residual branches start small so the deep stack starts near identity
+                conv = module.conv_out.conv
+                assert isinstance(conv, nn.Conv2d)
                 with torch.no_grad():
-                    module.conv_out.conv.weight.mul_(0.1)
+                    conv.weight.mul_(0.1)
         for module in list(self.modules()):
             if isinstance(module, nn.ConvTranspose2d):
                 weight_norm(module, dim=1)  # per output channel, like the OpenAI code
@@ -324,7 +331,9 @@ class PixelCNNppNetwork(nn.Module):
         ul = down_shift(self.ul_init_above(x_padded)) + right_shift(self.ul_init_left(x_padded))
         u_skips, ul_skips = [u], [ul]
         for stage in range(self.n_downsample + 1):
-            for u_res, ul_res in zip(self.up_u[stage], self.up_ul[stage], strict=True):
+            for u_res, ul_res in zip(
+                _blocks(self.up_u[stage]), _blocks(self.up_ul[stage]), strict=True
+            ):
                 u = u_res(u)
                 ul = ul_res(ul, u)
                 u_skips.append(u)
@@ -337,7 +346,9 @@ class PixelCNNppNetwork(nn.Module):
 
         u, ul = u_skips.pop(), ul_skips.pop()
         for stage in range(self.n_downsample + 1):
-            for u_res, ul_res in zip(self.down_u[stage], self.down_ul[stage], strict=True):
+            for u_res, ul_res in zip(
+                _blocks(self.down_u[stage]), _blocks(self.down_ul[stage]), strict=True
+            ):
                 u = u_res(u, u_skips.pop())
                 ul = ul_res(ul, torch.cat([u, ul_skips.pop()], dim=1))
             if stage < self.n_downsample:
