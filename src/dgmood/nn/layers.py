@@ -3,7 +3,27 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dgmood.nn.eval_cache import eval_cached
+
+
+def fold_conv_actnorm(conv: nn.Conv2d, actnorm: ActNormLayer) -> tuple[Tensor, Tensor]:
+    """``(weight, bias)`` of the single conv equal to ``actnorm(conv(x))``.
+
+    ``((W x + c) + b) * s = (s W) x + (c + b) * s``, per output channel.
+    """
+    scale = torch.exp(actnorm.log_scale).flatten()
+    bias = actnorm.bias.flatten() if conv.bias is None else conv.bias + actnorm.bias.flatten()
+    return conv.weight * scale[:, None, None, None], bias * scale
+
+
+def fold_zero_conv(conv: ZeroConv2d) -> tuple[Tensor, Tensor]:
+    """``(weight, bias)`` of the single conv equal to ``conv`` (its output scale folded in)."""
+    scale = torch.exp(conv.logs * conv.logscale_factor).flatten()
+    assert conv.conv.bias is not None
+    return conv.conv.weight * scale[:, None, None, None], conv.conv.bias * scale
 
 
 class ActNormLayer(nn.Module):
@@ -63,7 +83,13 @@ class ZeroConv2d(nn.Module):
 
 
 class GlowConditioner(nn.Module):
-    """Glow's coupling network: conv3x3, actnorm, relu, conv1x1, actnorm, relu, zero conv3x3."""
+    """Glow's coupling network: conv3x3, actnorm, relu, conv1x1, actnorm, relu, zero conv3x3.
+
+    In eval mode without gradients each actnorm (and the zero conv's output scale) is folded
+    into its conv: three convolutions and two ReLUs, with cached weights (``fold_at_eval``).
+    """
+
+    fold_at_eval: bool = True
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
         super().__init__()
@@ -77,8 +103,22 @@ class GlowConditioner(nn.Module):
             ZeroConv2d(hidden_channels, out_channels),
         )
 
+    def _folded(self) -> list[tuple[Tensor, Tensor]]:
+        conv_in, norm_in, _, conv_mid, norm_mid, _, conv_out = self.net
+        return [
+            fold_conv_actnorm(conv_in, norm_in),
+            fold_conv_actnorm(conv_mid, norm_mid),
+            fold_zero_conv(conv_out),
+        ]
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        if self.training or torch.is_grad_enabled() or not self.fold_at_eval:
+            return self.net(x)
+        folded = eval_cached(self, "folded", [*self.parameters()], self._folded)
+        (w_in, b_in), (w_mid, b_mid), (w_out, b_out) = folded
+        h = F.relu(F.conv2d(x, w_in, b_in, padding=1))
+        h = F.relu(F.conv2d(h, w_mid, b_mid))
+        return F.conv2d(h, w_out, b_out, padding=1)
 
 
 class ResidualBlock(nn.Module):

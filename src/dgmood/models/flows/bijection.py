@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from dgmood.models.flows.reversible import reversible_forward
+
 
 class Bijection(nn.Module):
     """Base class: subclasses implement :meth:`forward` and :meth:`inverse`."""
@@ -24,16 +26,32 @@ class Bijection(nn.Module):
 
 
 class Compose(Bijection):
-    """Bijections applied in order; log-determinants add up."""
+    """Bijections applied in order; log-determinants add up.
 
-    def __init__(self, bijections: Iterable[Bijection]) -> None:
+    ``memory_light``: when gradients are needed, keep only the output and recompute the
+    inner activations from it in the backward pass (:mod:`dgmood.models.flows.reversible`).
+    In eval mode without gradients, each actnorm followed by an invertible 1x1 conv runs as
+    one cached convolution (:mod:`dgmood.models.flows.fused`); ``fold_at_eval`` turns that off.
+    """
+
+    fold_at_eval: bool = True
+
+    def __init__(self, bijections: Iterable[Bijection], memory_light: bool = False) -> None:
         super().__init__()
         self.bijections = nn.ModuleList(bijections)
+        self.memory_light = memory_light
 
     def _steps(self) -> list[Bijection]:
         return [b for b in self.bijections if isinstance(b, Bijection)]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.memory_light and torch.is_grad_enabled():
+            return reversible_forward(self._steps(), x)
+        if self.fold_at_eval and not self.training and not torch.is_grad_enabled():
+            # fused.py builds on the bijections defined beside this one
+            from dgmood.models.flows.fused import fused_forward
+
+            return fused_forward(self._steps(), x)
         total = x.new_zeros(x.shape[0])
         for bijection in self.bijections:
             x, log_abs_det_jacobian = bijection(x)

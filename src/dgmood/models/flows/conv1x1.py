@@ -7,6 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmood.models.flows.bijection import Bijection, spatial_size
+from dgmood.nn.eval_cache import eval_cached
+
+
+def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``weight @ x`` at every pixel, in the weight's precision even under autocast.
+
+    The 1x1 convs are a small share of a flow's FLOPs but feed every later log-density
+    term; keeping them out of bf16 autocast keeps the latents exact to float32.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(x.to(weight.dtype), weight[:, :, None, None], bias)
 
 
 def _random_rotation(num_channels: int, generator: torch.Generator | None = None) -> Tensor:
@@ -27,16 +38,31 @@ class InvertibleConv1x1(Bijection):
     def matrix(self) -> Tensor:
         return self.weight
 
+    def sources(self) -> list[Tensor]:
+        """The tensors ``W`` is computed from (the cache key of derived weights)."""
+        return [*self.parameters(), *self.buffers()]
+
+    def log_abs_det(self) -> Tensor:
+        """``log|det W|`` (per pixel)."""
+        return eval_cached(
+            self, "log_abs_det", self.sources(), lambda: torch.linalg.slogdet(self.matrix())[1]
+        )
+
+    def weight_matrix(self) -> Tensor:
+        """``W``, cached in evaluation (see :mod:`dgmood.nn.eval_cache`)."""
+        return eval_cached(self, "matrix", self.sources(), self.matrix)
+
+    def inverse_matrix(self) -> Tensor:
+        return eval_cached(self, "inverse", self.sources(), lambda: torch.linalg.inv(self.matrix()))
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        weight = self.matrix()
-        log_det = spatial_size(x) * torch.linalg.slogdet(weight)[1]
-        z = F.conv2d(x, weight[:, :, None, None])
+        log_det = spatial_size(x) * self.log_abs_det()
+        z = mix_channels(x, self.weight_matrix())
         return z, log_det.expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        weight = self.matrix()
-        log_det = spatial_size(z) * torch.linalg.slogdet(weight)[1]
-        x = F.conv2d(z, torch.linalg.inv(weight)[:, :, None, None])
+        log_det = spatial_size(z) * self.log_abs_det()
+        x = mix_channels(z, self.inverse_matrix())
         return x, -log_det.expand(z.shape[0])
 
 
@@ -71,12 +97,5 @@ class LUInvertibleConv1x1(InvertibleConv1x1):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return self.permutation @ lower @ upper
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = spatial_size(x) * self.log_s.sum()
-        z = F.conv2d(x, self.matrix()[:, :, None, None])
-        return z, log_det.expand(x.shape[0])
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = spatial_size(z) * self.log_s.sum()
-        x = F.conv2d(z, torch.linalg.inv(self.matrix())[:, :, None, None])
-        return x, -log_det.expand(z.shape[0])
+    def log_abs_det(self) -> Tensor:
+        return self.log_s.sum()

@@ -107,9 +107,14 @@ class Coupling(Bijection):
         """Mask of the elements of the transformed part that really change (None = all)."""
         return None
 
+    def _params(self, fixed: Tensor, free: Tensor) -> Tensor:
+        # under bf16 autocast the conditioner runs in bf16; the transform and its
+        # log-determinant stay in the data's precision
+        return self.conditioner(fixed).to(free.dtype)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         fixed, free = self._partition(x)
-        out, log_scale = self.transform(free, self.conditioner(fixed))
+        out, log_scale = self.transform(free, self._params(fixed, free))
         active = self._active(free)
         if active is not None:
             out = active * out + (1 - active) * free
@@ -118,7 +123,7 @@ class Coupling(Bijection):
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         fixed, free = self._partition(z)
-        params = self.conditioner(fixed)
+        params = self._params(fixed, free)
         out = self.transform.inverse(free, params)
         _, log_scale = self.transform(out, params)
         active = self._active(free)

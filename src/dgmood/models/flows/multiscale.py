@@ -83,6 +83,8 @@ class Split(nn.Module):
         """Returns ``(kept, factored_out, log p(factored_out | kept))``."""
         kept, factored = h[:, : self.keep], h[:, self.keep :]
         mean, log_std = self.prior.params(factored, kept)
+        # a prior network run under bf16 autocast still gives a float32 log-density
+        mean, log_std = mean.to(factored.dtype), log_std.to(factored.dtype)
         return kept, factored, gaussian_log_prob(factored, mean, log_std)
 
 

@@ -1,0 +1,55 @@
+"""Evaluation-time fusion: actnorm followed by an invertible 1x1 conv as one convolution.
+
+``W ((x + b) * s) = (W diag(s)) x + W (b * s)`` and ``log|det| = H W (sum log s + log|det W|)``,
+so the pair costs one pass over the activations instead of two. The folded weight, bias and
+log-determinant are cached (:mod:`dgmood.nn.eval_cache`) and rebuilt when a parameter changes.
+Used only without gradients, in eval mode (:class:`~dgmood.models.flows.bijection.Compose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dgmood.models.flows.actnorm import ActNorm
+from dgmood.models.flows.bijection import Bijection, spatial_size
+from dgmood.models.flows.conv1x1 import InvertibleConv1x1, mix_channels
+from dgmood.nn.eval_cache import eval_cached
+
+
+def fold_actnorm_conv(actnorm: ActNorm, conv: InvertibleConv1x1) -> tuple[Tensor, Tensor, Tensor]:
+    """``(weight [C, C], bias [C], log|det| per pixel)`` of ``conv(actnorm(x))``."""
+    scale = torch.exp(actnorm.layer.log_scale).flatten()
+    shift = actnorm.layer.bias.flatten() * scale
+    matrix = conv.matrix()
+    weight = matrix * scale[None, :]
+    bias = matrix @ shift
+    log_det = actnorm.layer.log_scale.sum() + conv.log_abs_det()
+    return weight, bias, log_det
+
+
+def _folded(actnorm: ActNorm, conv: InvertibleConv1x1) -> tuple[Tensor, Tensor, Tensor]:
+    sources = [*actnorm.parameters(), *conv.sources()]
+    return eval_cached(conv, "folded_actnorm", sources, lambda: fold_actnorm_conv(actnorm, conv))
+
+
+def fused_forward(steps: Sequence[Bijection], x: Tensor) -> tuple[Tensor, Tensor]:
+    """``steps`` applied in order, each (actnorm, 1x1 conv) pair as one cached conv."""
+    total = x.new_zeros(x.shape[0])
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        following = steps[i + 1] if i + 1 < len(steps) else None
+        # an uninitialised actnorm is the identity in eval mode, which folds just as well
+        if isinstance(step, ActNorm) and isinstance(following, InvertibleConv1x1):
+            weight, bias, log_det = _folded(step, following)
+            x = mix_channels(x, weight, bias)
+            total = total + spatial_size(x) * log_det
+            i += 2
+            continue
+        x, log_abs_det_jacobian = step(x)
+        total = total + log_abs_det_jacobian
+        i += 1
+    return x, total
