@@ -26,6 +26,21 @@ def fold_zero_conv(conv: ZeroConv2d) -> tuple[Tensor, Tensor]:
     return conv.conv.weight * scale[:, None, None, None], conv.conv.bias * scale
 
 
+def _global_channel_mean(x: Tensor) -> Tensor:
+    """Per-channel mean ``[1, C, 1, 1]`` over batch and pixels, of all data-parallel ranks.
+
+    Under ``torch.distributed`` every rank initialises on its shard of one global batch, so
+    the statistics are all-reduced: every rank gets those of the whole batch, as a single
+    process would (two passes, mean then centred second moment, for stability).
+    """
+    total = x.sum(dim=(0, 2, 3), keepdim=True)
+    count = torch.tensor(float(x.numel() // x.shape[1]), dtype=total.dtype, device=x.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+        torch.distributed.all_reduce(count)
+    return total / count
+
+
 class ActNormLayer(nn.Module):
     """Per-channel affine ``y = (x + bias) * exp(log_scale)`` with data-dependent init.
 
@@ -46,8 +61,8 @@ class ActNormLayer(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        mean = _global_channel_mean(x)
+        std = torch.sqrt(_global_channel_mean((x - mean) ** 2))
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
@@ -105,6 +120,9 @@ class GlowConditioner(nn.Module):
 
     def _folded(self) -> list[tuple[Tensor, Tensor]]:
         conv_in, norm_in, _, conv_mid, norm_mid, _, conv_out = self.net
+        assert isinstance(conv_in, nn.Conv2d) and isinstance(conv_mid, nn.Conv2d)
+        assert isinstance(norm_in, ActNormLayer) and isinstance(norm_mid, ActNormLayer)
+        assert isinstance(conv_out, ZeroConv2d)
         return [
             fold_conv_actnorm(conv_in, norm_in),
             fold_conv_actnorm(conv_mid, norm_mid),

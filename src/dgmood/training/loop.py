@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
@@ -41,6 +41,9 @@ from dgmood.runs import (
     save_model,
     save_training_state,
 )
+
+if TYPE_CHECKING:
+    from dgmood.training.distributed import DataParallel
 
 INIT_BATCH_SIZE = 512  # images used for data-dependent (actnorm) initialisation
 
@@ -171,10 +174,13 @@ def train(
     progress: bool = True,
     train_set: ImageSet | None = None,
     val_set: ImageSet | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``run_dir`` (or continue it with ``resume=True``).
 
     ``train_set``/``val_set`` override loading by name (already in the model's format).
+    ``parallel``: this process's rank in a data-parallel job
+    (:mod:`dgmood.training.distributed`); only rank 0 writes ``run_dir``.
     Raises :class:`TrainingDivergedError` on a NaN/inf loss, keeping the last checkpoint.
     """
     run_dir = Path(run_dir)
@@ -196,7 +202,13 @@ def train(
             f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
         )
 
-    prepare_run_dir(run_dir, resume)  # only now: a bad dataset leaves nothing behind
+    writer = parallel is None or parallel.is_writer
+    if parallel is not None:  # every rank has checked run_dir before rank 0 creates it
+        parallel.barrier()
+    if writer:
+        prepare_run_dir(run_dir, resume)  # only now: a bad dataset leaves nothing behind
+    if parallel is not None:
+        parallel.barrier()
     state: dict[str, Any] | None = None
     if resume and (run_dir / STATE_FILE).exists():
         stored = RunConfig.load(run_dir / CONFIG_FILE)
@@ -206,7 +218,8 @@ def train(
                 "resume with the stored config (dgmood train --resume RUN_DIR)"
             )
         state = load_training_state(run_dir / STATE_FILE)
-    config.save(run_dir / CONFIG_FILE)
+    if writer:
+        config.save(run_dir / CONFIG_FILE)
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(config.model, data_cfg).to(dev)
@@ -218,7 +231,10 @@ def train(
         init_idx = batch_indices(len(train_set), INIT_BATCH_SIZE, train_cfg.seed, 0)
         with torch.no_grad():
             x = _prepare_batch(model, train_set.images[init_idx], config, -1, dev)
-            compute_loss(model, x, train_set.labels[init_idx].to(dev))
+            labels = train_set.labels[init_idx].to(dev)
+            if parallel is not None:  # actnorm all-reduces its statistics over the shards
+                x, labels = parallel.shard(x), parallel.shard(labels)
+            compute_loss(model, x, labels)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_cfg.warmup_steps))
     start_step = 0
@@ -230,11 +246,16 @@ def train(
         start_step = int(state["step"])
         # forget log lines written after the checkpoint we resume from
         kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step]
-        atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        if writer:
+            atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+    loss_model = parallel.wrap(model) if parallel is not None else None
 
     def checkpoint(step: int) -> None:
-        with deferred_interrupts():  # weights and state must describe the same step
-            _write_checkpoint(step)
+        if writer:
+            with deferred_interrupts():  # weights and state must describe the same step
+                _write_checkpoint(step)
+        if parallel is not None:
+            parallel.barrier()
 
     def _write_checkpoint(step: int) -> None:
         save_model(model, run_dir / MODEL_FILE, config, step)
@@ -266,11 +287,17 @@ def train(
         idx = batch_indices(len(train_set), train_cfg.batch_size, train_cfg.seed, step)
         x = _prepare_batch(model, train_set.images[idx], config, step, dev)
         labels = train_set.labels[idx].to(dev)
-        loss, terms = compute_loss(model, x, labels)
-        if not torch.isfinite(loss):
+        if parallel is not None and loss_model is not None:
+            x, labels = parallel.shard(x), parallel.shard(labels)
+            loss, terms = loss_model(x, labels)
+        else:
+            loss, terms = compute_loss(model, x, labels)
+        # the global batch's loss, so that every rank takes the same decisions
+        global_loss = parallel.mean(loss) if parallel is not None else loss
+        if not torch.isfinite(global_loss):
             bar.close()
             raise TrainingDivergedError(
-                f"loss became {loss.item()} at step {step}; training stopped. The last good "
+                f"loss became {global_loss.item()} at step {step}; training stopped. The last good "
                 f"checkpoint (step {last_good_step}) is kept in {run_dir}. Lower --set "
                 "train.lr, raise train.warmup_steps or train.grad_clip, and resume or restart."
             )
@@ -284,7 +311,7 @@ def train(
         optimizer.step()
         scheduler.step()
         done = step + 1
-        running["loss"] = running.get("loss", 0.0) + loss.item()
+        running["loss"] = running.get("loss", 0.0) + global_loss.item()
         for key, value in terms.items():
             if key in ("accuracy", "kl", "reconstruction"):
                 running[key] = running.get(key, 0.0) + float(value.detach().float().mean())
@@ -299,13 +326,18 @@ def train(
                 seconds=time.perf_counter() - started,
             )
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "accuracy")})
-            append_metrics(run_dir, record)
+            if writer:
+                append_metrics(run_dir, record)
             history.append(record)
             running, running_count = {}, 0
         is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
         if val_set is not None and (is_eval or done == train_cfg.steps):
-            record = {"step": done, **evaluate_model(model, val_set, config, dev)}
-            append_metrics(run_dir, record)
+            metrics = evaluate_model(model, val_set, config, dev) if writer else {}
+            if parallel is not None:
+                metrics = parallel.broadcast(metrics)
+            record = {"step": done, **metrics}
+            if writer:
+                append_metrics(run_dir, record)
             history.append(record)
             if progress:
                 bar.write(

@@ -36,7 +36,7 @@ class _ReversibleFunction(torch.autograd.Function):
     """``(x, *params) -> (z, log|det J|)`` through ``steps``, storing only ``z``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: Tensor, steps: Sequence[Bijection], n_params: int, *params: Tensor
     ) -> tuple[Tensor, Tensor]:
         ctx.steps = steps
@@ -50,7 +50,7 @@ class _ReversibleFunction(torch.autograd.Function):
         return h, total
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_z: Tensor | None, grad_log_det: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         (z,) = ctx.saved_tensors
