@@ -11,14 +11,17 @@ alike; the JSON holds every repeat, and the ratio ranges are what to quote. Also
 FLOPs per image (``torch.utils.flop_counter.FlopCounterMode``), a measured matmul rate
 (fp32 and bf16) and the fraction of it each run achieves.
 
-Scoring variants of ours: ``fp32`` (NCHW, folded eval weights), ``fp32_channels_last``,
-``bf16`` (autocast on the conditioners where the CPU has native bf16) and, with
-``--compile``, ``compiled`` (``torch.compile`` of ``log_prob``).
+Variants of ours, for training and scoring: ``fp32`` (NCHW; scoring with folded eval
+weights), ``fp32_channels_last`` (model and input NHWC), ``bf16`` and
+``bf16_channels_last`` (autocast of the conditioners, where the CPU has native bf16) and,
+with ``--compile``, scoring through ``torch.compile(log_prob)``. The fraction of the matmul
+rate uses the fp32 or bf16 rate as the variant's precision.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -32,7 +35,7 @@ from dgmood.config import DataConfig
 from dgmood.models.flows.multiscale import MultiscaleFlow
 from dgmood.models.flows.presets import GlowConfig
 from dgmood.models.registry import build_model
-from dgmood.nn.precision import autocast_context, cpu_flags, has_native_bf16
+from dgmood.nn.precision import Precision, autocast_context, cpu_flags, has_native_bf16
 
 CONFIGS: dict[str, dict[str, int]] = {
     # the issue's two reference points
@@ -119,53 +122,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = (cfg["channels"], 32, 32)
     x_train = torch.rand(cfg["batch"], *shape) - 0.5
     x_score = torch.rand(cfg["score"], *shape) - 0.5
+    cl = torch.channels_last
     ours, peer = build_ours(cfg), build_peer(cfg)
     with torch.no_grad():  # data-dependent actnorm init of both
         ours.train()
         ours.log_prob(x_train)
         peer_log_prob(peer, x_train)
-    opt_ours = torch.optim.Adam(ours.parameters(), lr=1e-5)
-    opt_peer = torch.optim.Adam(peer.parameters(), lr=1e-5)
+    ours_cl = copy.deepcopy(ours).to(memory_format=cl)
+    bf16 = has_native_bf16()
 
-    def train_ours() -> None:
-        loss = -ours.log_prob(x_train).mean()
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
+    def trainer(
+        model: nn.Module, log_prob: Callable[[Tensor], Tensor], x: Tensor, precision: Precision
+    ) -> Callable[[], None]:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
 
-    def train_peer() -> None:
-        loss = -peer_log_prob(peer, x_train).mean()
-        opt_peer.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_peer.step()
+        def step() -> None:
+            with autocast_context(precision):
+                loss = -log_prob(x).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
-    score_variants: dict[str, Callable[[], Any]] = {}
+        return step
 
-    def score_ours() -> None:
-        ours.log_prob(x_score)
+    def scorer(
+        log_prob: Callable[[Tensor], Tensor], x: Tensor, precision: Precision
+    ) -> Callable[[], None]:
+        def score() -> None:
+            with autocast_context(precision):
+                log_prob(x)
 
-    x_score_cl = x_score.contiguous(memory_format=torch.channels_last)
+        return score
 
-    def score_ours_cl() -> None:
-        ours.log_prob(x_score_cl)
-
-    def score_ours_bf16() -> None:
-        with autocast_context("bf16", x_score.device):
-            ours.log_prob(x_score)
-
-    score_variants = {"fp32": score_ours, "fp32_channels_last": score_ours_cl}
-    if has_native_bf16():
-        score_variants["bf16"] = score_ours_bf16
+    x_train_cl, x_score_cl = (
+        x_train.contiguous(memory_format=cl),
+        x_score.contiguous(memory_format=cl),
+    )
+    train_variants: dict[str, Callable[[], None]] = {
+        "peer": trainer(peer, lambda x: peer_log_prob(peer, x), x_train, "fp32"),
+        "ours_fp32": trainer(ours, ours.log_prob, x_train, "fp32"),
+        "ours_fp32_channels_last": trainer(ours_cl, ours_cl.log_prob, x_train_cl, "fp32"),
+    }
+    score_variants: dict[str, Callable[[], None]] = {
+        "peer": scorer(lambda x: peer_log_prob(peer, x), x_score, "fp32"),
+        "ours_fp32": scorer(ours.log_prob, x_score, "fp32"),
+        "ours_fp32_channels_last": scorer(ours_cl.log_prob, x_score_cl, "fp32"),
+    }
+    if bf16:
+        train_variants["ours_bf16"] = trainer(ours, ours.log_prob, x_train, "bf16")
+        train_variants["ours_bf16_channels_last"] = trainer(
+            ours_cl, ours_cl.log_prob, x_train_cl, "bf16"
+        )
+        score_variants["ours_bf16"] = scorer(ours.log_prob, x_score, "bf16")
+        score_variants["ours_bf16_channels_last"] = scorer(ours_cl.log_prob, x_score_cl, "bf16")
     if args.compile:
         compiled = torch.compile(ours.log_prob)
-
-        def score_compiled() -> None:
-            compiled(x_score)
-
-        score_variants["compiled"] = score_compiled
-
-    def score_peer() -> None:
-        peer_log_prob(peer, x_score)
+        score_variants["ours_fp32_compiled"] = scorer(compiled, x_score, "fp32")
+        if bf16:
+            score_variants["ours_bf16_compiled"] = scorer(compiled, x_score, "bf16")
 
     record: dict[str, Any] = {"benchmark": "peer_glow", "config": args.config, **cfg}
     record["parameters"] = {
@@ -178,71 +192,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_score": count_flops(lambda: peer_log_prob(peer, one)),
         "ours_train": count_flops(lambda: (-ours.log_prob(one).mean()).backward()),
     }
-    opt_ours.zero_grad(set_to_none=True)
-    record["matmul_flops_per_s"] = {"fp32": matmul_rate(torch.float32)}
-    if has_native_bf16():
-        record["matmul_flops_per_s"]["bf16"] = matmul_rate(torch.bfloat16)
+    rates = {"fp32": matmul_rate(torch.float32)}
+    if bf16:
+        rates["bf16"] = matmul_rate(torch.bfloat16)
+    record["matmul_flops_per_s"] = rates
+
+    def set_mode(training: bool) -> None:
+        for model in (ours, ours_cl, peer):
+            model.train(training)
 
     # warm-up (one-off allocations, compilation)
-    ours.train()
-    peer.train()
-    train_ours()
-    train_peer()
-    ours.eval()
-    peer.eval()
+    set_mode(True)
+    for fn in train_variants.values():
+        fn()
+    set_mode(False)
     with torch.no_grad():
-        for fn in [*score_variants.values(), score_peer]:
+        for fn in score_variants.values():
             fn()
 
-    repeats: list[dict[str, float]] = []
+    seconds: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        times: dict[str, float] = {}
-        ours.train()
-        peer.train()
-        times["train_ours"] = _timed(train_ours, args.train_steps)
-        times["train_peer"] = _timed(train_peer, args.train_steps)
-        ours.eval()
-        peer.eval()
+        set_mode(True)
+        for name, fn in train_variants.items():
+            seconds.setdefault(f"train_{name}", []).append(_timed(fn, args.train_steps))
+        set_mode(False)
         with torch.no_grad():
             for name, fn in score_variants.items():
-                times[f"score_ours_{name}"] = _timed(fn, args.score_steps)
-            times["score_peer"] = _timed(score_peer, args.score_steps)
-        repeats.append(times)
+                seconds.setdefault(f"score_{name}", []).append(_timed(fn, args.score_steps))
 
-    def images_per_s(key: str, batch: int) -> list[float]:
-        return [batch / r[key] for r in repeats]
-
-    record["images_per_s"] = {
-        "train_ours": images_per_s("train_ours", cfg["batch"]),
-        "train_peer": images_per_s("train_peer", cfg["batch"]),
-        "score_peer": images_per_s("score_peer", cfg["score"]),
-        **{
-            f"score_ours_{n}": images_per_s(f"score_ours_{n}", cfg["score"]) for n in score_variants
-        },
+    per_s: dict[str, list[float]] = {
+        key: [(cfg["batch"] if key.startswith("train") else cfg["score"]) / t for t in times]
+        for key, times in seconds.items()
     }
-    ratios: dict[str, list[float]] = {
-        "train": [r["train_peer"] / r["train_ours"] for r in repeats],
-        **{
-            f"score_{n}": [r["score_peer"] / r[f"score_ours_{n}"] for r in repeats]
-            for n in score_variants
-        },
+    record["images_per_s"] = {k: [round(v, 2) for v in vals] for k, vals in per_s.items()}
+    record["speedup_vs_peer"] = {
+        key: [round(p / o, 3) for p, o in zip(seconds[f"{phase}_peer"], times, strict=True)]
+        for key, times in seconds.items()
+        for phase in [key.split("_", 1)[0]]
+        if not key.endswith("_peer")
     }
-    record["speedup_vs_peer"] = {k: [round(v, 3) for v in vals] for k, vals in ratios.items()}
-    fp32_rate = record["matmul_flops_per_s"]["fp32"]
-    record["fraction_of_fp32_matmul_rate"] = {
-        "train_ours": max(images_per_s("train_ours", cfg["batch"]))
-        * record["flops_per_image"]["ours_train"]
-        / fp32_rate,
-        "score_ours_fp32": max(images_per_s("score_ours_fp32", cfg["score"]))
-        * record["flops_per_image"]["ours_score"]
-        / fp32_rate,
-    }
-    if "bf16" in score_variants:
-        record["fraction_of_bf16_matmul_rate"] = {
-            "score_ours_bf16": max(images_per_s("score_ours_bf16", cfg["score"]))
-            * record["flops_per_image"]["ours_score"]
-            / record["matmul_flops_per_s"]["bf16"]
-        }
+    fraction: dict[str, float] = {}
+    for key, values in per_s.items():
+        if key.endswith("_peer"):
+            continue
+        flops = record["flops_per_image"]["ours_train" if key.startswith("train") else "ours_score"]
+        rate = rates["bf16" if "bf16" in key else "fp32"]
+        fraction[key] = round(max(values) * flops / rate, 3)
+    record["fraction_of_matmul_rate"] = fraction
     record["machine"] = {**machine(), "cpu_flags": sorted(cpu_flags() & _INTERESTING_FLAGS)}
     return record
 

@@ -112,11 +112,11 @@ def test_folded_evaluation_equals_step_by_step(name: str) -> None:
     x = images()
     with torch.no_grad():
         folded = model.log_prob_terms(x)
-        Compose.fold_at_eval = GlowConditioner.fold_at_eval = False
+        Compose.fold = GlowConditioner.fold = False
         try:
             plain = model.log_prob_terms(x)
         finally:
-            Compose.fold_at_eval = GlowConditioner.fold_at_eval = True
+            Compose.fold = GlowConditioner.fold = True
     for key in plain:
         torch.testing.assert_close(folded[key], plain[key], rtol=0, atol=1e-9, msg=key)
 
@@ -145,11 +145,11 @@ def test_cached_weights_follow_parameter_changes() -> None:
     model.eval()
     with torch.no_grad():
         after_step = model.log_prob(x)
-        Compose.fold_at_eval = GlowConditioner.fold_at_eval = False
+        Compose.fold = GlowConditioner.fold = False
         try:
             reference = model.log_prob(x)
         finally:
-            Compose.fold_at_eval = GlowConditioner.fold_at_eval = True
+            Compose.fold = GlowConditioner.fold = True
     torch.testing.assert_close(after_step, reference, rtol=0, atol=1e-9)
     assert not torch.allclose(after_step, before)
 
@@ -163,3 +163,51 @@ def test_sampling_round_trips_with_cached_inverse() -> None:
         restored_again = model.decode(latents, len(x))
     torch.testing.assert_close(restored, x, rtol=0, atol=1e-9)
     torch.testing.assert_close(restored_again, x, rtol=0, atol=1e-9)
+
+
+def gradients(model: MultiscaleFlow) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    x = images().requires_grad_(True)
+    log_prob = model.log_prob(x)
+    (log_prob * torch.linspace(0.5, 1.5, len(log_prob), dtype=log_prob.dtype)).sum().backward()
+    assert x.grad is not None
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return log_prob.detach(), x.grad.clone(), grads
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_folded_training_gradients_equal_unfolded(name: str) -> None:
+    model = make_flow(name)
+    folded = gradients(model)
+    Compose.fold = GlowConditioner.fold = False
+    try:
+        plain = gradients(model)
+    finally:
+        Compose.fold = GlowConditioner.fold = True
+    torch.testing.assert_close(folded[0], plain[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(folded[1], plain[1], rtol=1e-9, atol=1e-11)
+    assert folded[2].keys() == plain[2].keys()
+    assert len(plain[2]) == sum(1 for _ in model.parameters())
+    for key in plain[2]:
+        torch.testing.assert_close(folded[2][key], plain[2][key], rtol=1e-9, atol=1e-11, msg=key)
+
+
+def test_first_training_pass_initialises_actnorm_unfolded() -> None:
+    """Data-dependent init sees the real activations: unit variance after init."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["glow"], DATA).double().train()
+    x = images(32) * 3 + 1
+    with torch.no_grad():
+        model.log_prob(x)
+    first = model.levels[0]
+    assert isinstance(first, Compose)
+    actnorm = first.bijections[1]
+    squeezed, _ = first.bijections[0](x)
+    with torch.no_grad():
+        out, _ = actnorm(squeezed)
+    torch.testing.assert_close(
+        out.mean(dim=(0, 2, 3)), torch.zeros(4, dtype=out.dtype), atol=1e-9, rtol=0
+    )
+    torch.testing.assert_close(
+        out.std(dim=(0, 2, 3), unbiased=False), torch.ones(4, dtype=out.dtype), atol=1e-5, rtol=0
+    )

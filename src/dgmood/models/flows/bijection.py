@@ -30,11 +30,12 @@ class Compose(Bijection):
 
     ``memory_light``: when gradients are needed, keep only the output and recompute the
     inner activations from it in the backward pass (:mod:`dgmood.models.flows.reversible`).
-    In eval mode without gradients, each actnorm followed by an invertible 1x1 conv runs as
-    one cached convolution (:mod:`dgmood.models.flows.fused`); ``fold_at_eval`` turns that off.
+    Otherwise each initialised actnorm followed by an invertible 1x1 conv runs as one
+    convolution (:mod:`dgmood.models.flows.fused`; weights cached in eval mode without
+    gradients); ``fold = False`` runs every bijection by itself.
     """
 
-    fold_at_eval: bool = True
+    fold: bool = True
 
     def __init__(self, bijections: Iterable[Bijection], memory_light: bool = False) -> None:
         super().__init__()
@@ -47,7 +48,7 @@ class Compose(Bijection):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.memory_light and torch.is_grad_enabled():
             return reversible_forward(self._steps(), x)
-        if self.fold_at_eval and not self.training and not torch.is_grad_enabled():
+        if self.fold:
             # fused.py builds on the bijections defined beside this one
             from dgmood.models.flows.fused import fused_forward
 

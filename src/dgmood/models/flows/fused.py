@@ -3,7 +3,8 @@
 ``W ((x + b) * s) = (W diag(s)) x + W (b * s)`` and ``log|det| = H W (sum log s + log|det W|)``,
 so the pair costs one pass over the activations instead of two. The folded weight, bias and
 log-determinant are cached (:mod:`dgmood.nn.eval_cache`) and rebuilt when a parameter changes.
-Used only without gradients, in eval mode (:class:`~dgmood.models.flows.bijection.Compose`).
+In training, gradients flow through the (C x C) folding to the original parameters; the
+result equals the unfolded pair to round-off (:class:`~dgmood.models.flows.bijection.Compose`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ def fused_forward(steps: Sequence[Bijection], x: Tensor) -> tuple[Tensor, Tensor
     while i < len(steps):
         step = steps[i]
         following = steps[i + 1] if i + 1 < len(steps) else None
-        # an uninitialised actnorm is the identity in eval mode, which folds just as well
-        if isinstance(step, ActNorm) and isinstance(following, InvertibleConv1x1):
+        if (
+            isinstance(step, ActNorm)
+            and isinstance(following, InvertibleConv1x1)
+            # in training, the first pass initialises actnorm from its unfolded input
+            and (not step.training or bool(step.layer.initialized))
+        ):
             weight, bias, log_det = _folded(step, following)
             x = mix_channels(x, weight, bias)
             total = total + spatial_size(x) * log_det
