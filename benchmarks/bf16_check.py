@@ -6,6 +6,11 @@ Trains the ``cpu`` Glow preset on FashionMNIST for ``--steps`` steps (or reuses 
 then scores FashionMNIST and MNIST test images with the same dequantization noise in float32
 and under bf16 autocast (:func:`dgmood.nn.precision.autocast_context`), and reports the
 per-image |delta bits/dim| (the acceptance bound is 0.01) and both scoring times.
+
+Measured (cpu preset, 300 steps, 1000 test images each): mean |delta| 0.001 bits/dim, the
+set means differ by < 0.001, and the largest single-image difference is 0.011 (one
+FashionMNIST image of 1000 above 0.01). Keeping the conditioners' output convs in float32
+did not lower the maximum (0.012) and cost 30% of the speed-up, so it is not done.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def main() -> None:
             "mean_bpd_bf16": float(stats["bf16"]["bits_per_dim"].mean()),
             "max_abs_delta_bpd": float(delta.max()),
             "mean_abs_delta_bpd": float(delta.mean()),
+            "fraction_over_0_01_bpd": float((delta > 0.01).mean()),
             "images_per_s_fp32": len(images) / timings["fp32"],
             "images_per_s_bf16": len(images) / timings["bf16"],
         }
