@@ -181,6 +181,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if bf16:
             score_variants["ours_bf16_compiled"] = scorer(compiled, x_score, "bf16")
 
+    if args.only:
+        keep = {"peer", *args.only}
+        train_variants = {k: v for k, v in train_variants.items() if k in keep}
+        score_variants = {k: v for k, v in score_variants.items() if k in keep}
     record: dict[str, Any] = {"benchmark": "peer_glow", "config": args.config, **cfg}
     record["parameters"] = {
         "ours": sum(p.numel() for p in ours.parameters()),
@@ -192,10 +196,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_score": count_flops(lambda: peer_log_prob(peer, one)),
         "ours_train": count_flops(lambda: (-ours.log_prob(one).mean()).backward()),
     }
-    rates = {"fp32": matmul_rate(torch.float32)}
+    measured_rates: dict[str, list[float]] = {"fp32": []}
     if bf16:
-        rates["bf16"] = matmul_rate(torch.bfloat16)
-    record["matmul_flops_per_s"] = rates
+        measured_rates["bf16"] = []
+
+    def measure_rates() -> None:
+        for name in measured_rates:
+            dtype = torch.float32 if name == "fp32" else torch.bfloat16
+            measured_rates[name].append(matmul_rate(dtype))
 
     def set_mode(training: bool) -> None:
         for model in (ours, ours_cl, peer):
@@ -212,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     seconds: dict[str, list[float]] = {}
     for _ in range(args.repeats):
+        measure_rates()  # the machine's load changes: a rate per repeat
         set_mode(True)
         for name, fn in train_variants.items():
             seconds.setdefault(f"train_{name}", []).append(_timed(fn, args.train_steps))
@@ -230,6 +239,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key, times in seconds.items()
         for phase in [key.split("_", 1)[0]]
         if not key.endswith("_peer")
+    }
+    # best throughput over the best rate: both from the least loaded moments
+    rates = {name: max(values) for name, values in measured_rates.items()}
+    record["matmul_flops_per_s"] = {
+        k: [round(v / 1e9, 1) * 1e9 for v in vals] for k, vals in measured_rates.items()
     }
     fraction: dict[str, float] = {}
     for key, values in per_s.items():
@@ -255,6 +269,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=2)
     parser.add_argument("--score-steps", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="variants of ours to run, e.g. ours_fp32 ours_bf16"
+    )
     print(json.dumps(run(parser.parse_args())))
 
 

@@ -89,8 +89,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
 
+    from benchmarks.peer_glow import count_flops, matmul_rate
+
+    one = batch()[:1]
+    one_label = labels[:1]
+    train_flops = count_flops(
+        lambda: (
+            model.training_loss(one, one_label)[0]
+            if isinstance(model, Classifier)
+            else model.training_loss(one)[0]
+        ).backward()
+    )
+    optimizer.zero_grad(set_to_none=True)
     model.eval()
     score_fn = (lambda x: model(x)) if isinstance(model, Classifier) else model.log_prob
+    with torch.no_grad():
+        score_flops = count_flops(lambda: score_fn(one))
     if args.compile:
         score_fn = torch.compile(score_fn)
     with torch.no_grad():
@@ -102,6 +116,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             score_fn(batch())
         sync(device)
     score_seconds = time.perf_counter() - start
+    rate = matmul_rate(torch.float32)
+    train_per_s = args.batch_size * args.steps / train_seconds
+    score_per_s = args.batch_size * args.steps / score_seconds
     return {
         "benchmark": "throughput",
         "model": args.model,
@@ -112,9 +129,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "device": str(device),
         "channels_last": args.channels_last,
         "compile_scoring": args.compile,
-        "train_images_per_s": args.batch_size * args.steps / train_seconds,
-        "score_images_per_s": args.batch_size * args.steps / score_seconds,
+        "train_images_per_s": train_per_s,
+        "score_images_per_s": score_per_s,
         "peak_memory_bytes": int(train_peak),
+        "flops_per_image": {"train": train_flops, "score": score_flops},
+        "matmul_flops_per_s_fp32": rate,
+        "fraction_of_matmul_rate": {
+            "train": train_per_s * train_flops / rate,
+            "score": score_per_s * score_flops / rate,
+        },
         "machine": machine(),
     }
 

@@ -76,6 +76,7 @@ class TrainConfig:
     augment_flip: bool = False  # random horizontal flips (Glow uses none on MNIST-likes)
     channels_last: bool = True  # NHWC memory format: ~1.25x faster convs on CPU
     num_threads: int = 0  # torch intra-op threads (0 = torch default)
+    budget_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
 
 
 def _is_dataclass_type(tp: Any) -> bool:

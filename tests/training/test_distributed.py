@@ -120,3 +120,44 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path) -> Non
         assert_same_weights(single, resumed)
     train_parallel(resumed, 6, resume=True)
     assert_same_weights(single, resumed)
+
+
+def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """A budget that is already spent stops after the first step, checkpointed."""
+    import dataclasses
+
+    config = run_config(6)
+    budgeted = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, budget_minutes=1e-9)
+    )
+    result = train(
+        budgeted,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+        train_set=images(),
+        val_set=images(32, seed=1),
+    )
+    assert result.step == 1
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=False)
+    assert state["step"] == 1
+    resumed = train(
+        config,
+        tmp_path / "run",
+        resume=True,
+        device="cpu",
+        progress=False,
+        train_set=images(),
+        val_set=images(32, seed=1),
+    )
+    assert resumed.step == 6
+    straight = train(
+        config,
+        tmp_path / "straight",
+        device="cpu",
+        progress=False,
+        train_set=images(),
+        val_set=images(32, seed=1),
+    )
+    assert straight.step == 6
+    assert_same_weights(tmp_path / "run", tmp_path / "straight")

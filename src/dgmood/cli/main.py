@@ -174,6 +174,13 @@ def train(
     download: Download = False,
     device: Device = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    budget: Annotated[
+        float,
+        typer.Option(
+            help="Stop cleanly with a checkpoint after this many minutes (0 = no limit); "
+            "continue later with --resume."
+        ),
+    ] = 0.0,
 ) -> None:
     """Train a model; writes config.yaml, model.safetensors, training state and metrics."""
     from dgmood.config import RunConfig, replace_path
@@ -195,6 +202,8 @@ def train(
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
         cfg = replace_path(cfg, key.strip(), value)
+    if budget > 0:
+        cfg = replace_path(cfg, "train.budget_minutes", budget)
     if run_dir is None:
         run_dir = Path("runs") / f"{(cfg.preset or 'run').replace('/', '-')}-{cfg.data.dataset}"
     try:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar
 
 import torch
+from torch import Tensor
+
+T = TypeVar("T")
 
 Precision = Literal["fp32", "bf16", "auto"]
 
@@ -58,3 +61,23 @@ def autocast_context(precision: Precision, device: torch.device | str = "cpu") -
             yield
     else:
         yield
+
+
+def accelerated(
+    fn: Callable[[Tensor], T],
+    *,
+    precision: Precision = "fp32",
+    compile: bool = False,
+    device: torch.device | str = "cpu",
+) -> Callable[[Tensor], T]:
+    """``fn`` (e.g. a model's ``log_prob_terms``) without gradients, optionally under bf16
+    autocast (``precision``) and ``torch.compile`` (``compile``: minutes of compilation the
+    first time, then faster calls; one compiled graph per input shape).
+    """
+    target = torch.compile(fn) if compile else fn
+
+    def run(x: Tensor) -> T:
+        with torch.no_grad(), autocast_context(precision, device):
+            return target(x)
+
+    return run

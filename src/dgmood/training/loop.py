@@ -41,6 +41,7 @@ from dgmood.runs import (
     save_model,
     save_training_state,
 )
+from dgmood.training.budget import budget_exceeded
 
 if TYPE_CHECKING:
     from dgmood.training.distributed import DataParallel
@@ -283,6 +284,7 @@ def train(
     running: dict[str, float] = {}
     running_count = 0
     last_good_step = start_step
+    stopped_at: int | None = None  # the step where the time budget ran out
     for step in range(start_step, train_cfg.steps):
         idx = batch_indices(len(train_set), train_cfg.batch_size, train_cfg.seed, step)
         x = _prepare_batch(model, train_set.images[idx], config, step, dev)
@@ -351,13 +353,19 @@ def train(
         ):
             checkpoint(done)
             last_good_step = done
+        if done < train_cfg.steps and budget_exceeded(started, train_cfg.budget_minutes, parallel):
+            if last_good_step != done:
+                checkpoint(done)
+            stopped_at = done
+            if progress:
+                bar.write(f"time budget of {train_cfg.budget_minutes} min reached at step {done}")
+            break
     bar.close()
     if start_step >= train_cfg.steps and not (run_dir / MODEL_FILE).exists():
         checkpoint(start_step)
     model.eval()
-    return TrainResult(
-        run_dir, model, max(start_step, train_cfg.steps), history, time.perf_counter() - started
-    )
+    final_step = stopped_at if stopped_at is not None else max(start_step, train_cfg.steps)
+    return TrainResult(run_dir, model, final_step, history, time.perf_counter() - started)
 
 
 def train_or_reuse(
