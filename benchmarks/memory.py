@@ -1,6 +1,7 @@
 """Peak training memory vs flow depth K, with and without memory-light backprop, as JSON.
 
     python -m benchmarks.memory --ks 4 8 16 32 --batch-size 32 --hidden 64
+    python -m benchmarks.memory --timing --ks 8 32 --steps 3   # time overhead, interleaved
 
 Each (K, memory_light) runs in a fresh subprocess, so the process's max RSS is that
 configuration's own: ``activation_bytes`` is the max RSS after the timed training steps
@@ -98,6 +99,57 @@ def child(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def timing(args: argparse.Namespace) -> None:
+    """Step time of memory-light vs ordinary backprop, interleaved in this one process."""
+    import copy
+
+    import torch
+
+    from dgmood.config import DataConfig
+    from dgmood.models.flows.bijection import Compose
+    from dgmood.models.flows.presets import GlowConfig
+    from dgmood.models.registry import build_model
+
+    for k in args.ks:
+        torch.manual_seed(0)
+        config = GlowConfig(n_levels=3, n_steps=k, hidden_channels=args.hidden)
+        plain = build_model(config, DataConfig(channels=args.channels, image_size=32))
+        x = torch.rand(args.batch_size, args.channels, 32, 32) - 0.5
+        plain.train()
+        with torch.no_grad():
+            plain.log_prob(x)
+        light = copy.deepcopy(plain)
+        for level in light.modules():
+            if isinstance(level, Compose):
+                level.memory_light = True
+        seconds: dict[str, list[float]] = {"plain": [], "memory_light": []}
+        for repeat in range(args.steps + 1):
+            for name, model in (("plain", plain), ("memory_light", light)):
+                start = time.perf_counter()
+                (-model.log_prob(x).mean()).backward()
+                if repeat:  # the first round is warm-up
+                    seconds[name].append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+        ratios = [
+            light_s / plain_s
+            for light_s, plain_s in zip(seconds["memory_light"], seconds["plain"], strict=True)
+        ]
+        print(
+            json.dumps(
+                {
+                    "benchmark": "memory_light_time",
+                    "k": k,
+                    "hidden_channels": args.hidden,
+                    "batch_size": args.batch_size,
+                    "threads": torch.get_num_threads(),
+                    "seconds": seconds,
+                    "time_ratio": [round(r, 3) for r in ratios],
+                }
+            ),
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,7 +162,13 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--timing", action="store_true", help="time memory-light vs plain steps instead"
+    )
     args = parser.parse_args()
+    if args.timing:
+        timing(args)
+        return
     if args.k is not None:  # one configuration, in this (fresh) process
         print(json.dumps(child(args)))
         return

@@ -18,3 +18,10 @@ bench --model glow --preset paper --channels 3 --batch-size 8 --steps 2 --warmup
 bench --model pixelcnnpp --preset paper --channels 3 --batch-size 4 --steps 1 --warmup 1
 bench --model vae --preset paper --channels 3 --batch-size 64 --steps 3
 "$PY" -m benchmarks.iwae_cost --model vae --preset cpu --ks 1 5 10 50 100
+# speed and memory (docs/speed.md); peer_glow needs the bench extra (normflows)
+"$PY" -m benchmarks.memory --ks 4 8 16 32 --batch-size 32 --hidden 64 --steps 3
+"$PY" -m benchmarks.memory --timing --ks 8 32 --steps 2 --batch-size 32 --hidden 64
+"$PY" -m benchmarks.peer_glow --config small --repeats 4
+"$PY" -m benchmarks.peer_glow --config paper --repeats 3 --train-steps 1 --score-steps 1 \
+  --only ours_fp32 ours_bf16_channels_last
+"$PY" -m benchmarks.bf16_check --steps 300

@@ -77,6 +77,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: ~1.25x faster convs on CPU
     num_threads: int = 0  # torch intra-op threads (0 = torch default)
     budget_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
+    # bf16 autocast of the networks (flows keep 1x1 convs, log-dets and priors in fp32);
+    # "auto" = bf16 where the CPU/GPU has native bf16, fp32 elsewhere; see docs/speed.md
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -161,3 +161,25 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
     )
     assert straight.step == 6
     assert_same_weights(tmp_path / "run", tmp_path / "straight")
+
+
+def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
+    """train.precision=auto trains (bf16 where native) to nearly the fp32 losses."""
+    import dataclasses
+
+    config = run_config(4)
+    losses = {}
+    for precision in ("fp32", "auto"):
+        cfg = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, precision=precision)
+        )
+        result = train(
+            cfg,
+            tmp_path / precision,
+            device="cpu",
+            progress=False,
+            train_set=images(),
+            val_set=images(32, seed=1),
+        )
+        losses[precision] = [r["loss"] for r in result.history if "loss" in r]
+    assert losses["auto"] == pytest.approx(losses["fp32"], rel=2e-2)

@@ -27,6 +27,7 @@ from dgmood.data.loading import DataSources
 from dgmood.io import atomic_write_text, deferred_interrupts
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.registry import build_model
+from dgmood.nn.precision import autocast_context
 from dgmood.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -289,11 +290,12 @@ def train(
         idx = batch_indices(len(train_set), train_cfg.batch_size, train_cfg.seed, step)
         x = _prepare_batch(model, train_set.images[idx], config, step, dev)
         labels = train_set.labels[idx].to(dev)
-        if parallel is not None and loss_model is not None:
-            x, labels = parallel.shard(x), parallel.shard(labels)
-            loss, terms = loss_model(x, labels)
-        else:
-            loss, terms = compute_loss(model, x, labels)
+        with autocast_context(train_cfg.precision, dev):
+            if parallel is not None and loss_model is not None:
+                x, labels = parallel.shard(x), parallel.shard(labels)
+                loss, terms = loss_model(x, labels)
+            else:
+                loss, terms = compute_loss(model, x, labels)
         # the global batch's loss, so that every rank takes the same decisions
         global_loss = parallel.mean(loss) if parallel is not None else loss
         if not torch.isfinite(global_loss):
