@@ -23,6 +23,7 @@ from dgmood.config import DataConfig
 from dgmood.data.dequantize import to_model_input
 from dgmood.models.base import Classifier
 from dgmood.models.registry import build_model, resolve_model
+from dgmood.nn.precision import autocast_context, resolve_precision
 
 
 def machine() -> dict[str, object]:
@@ -32,6 +33,7 @@ def machine() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -64,11 +66,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     def train_step() -> None:
         x = batch()
-        loss = (
-            model.training_loss(x, labels)[0]
-            if isinstance(model, Classifier)
-            else model.training_loss(x)[0]
-        )
+        with autocast_context(args.precision, device):
+            loss = (
+                model.training_loss(x, labels)[0]
+                if isinstance(model, Classifier)
+                else model.training_loss(x)[0]
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         score_flops = count_flops(lambda: score_fn(one))
     if args.compile:
         score_fn = torch.compile(score_fn)
-    with torch.no_grad():
+    with torch.no_grad(), autocast_context(args.precision, device):
         for _ in range(args.warmup):
             score_fn(batch())
         sync(device)
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "device": str(device),
         "channels_last": args.channels_last,
         "compile_scoring": args.compile,
+        "precision": resolve_precision(args.precision, device),
         "train_images_per_s": train_per_s,
         "score_images_per_s": score_per_s,
         "peak_memory_bytes": int(train_peak),
@@ -156,6 +160,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action="store_true", help="torch.compile the scorer")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
     print(json.dumps(run(parser.parse_args())))
 
 
