@@ -211,3 +211,22 @@ def test_first_training_pass_initialises_actnorm_unfolded() -> None:
     torch.testing.assert_close(
         out.std(dim=(0, 2, 3), unbiased=False), torch.ones(4, dtype=out.dtype), atol=1e-5, rtol=0
     )
+
+
+def test_memory_light_recomputes_at_the_forward_precision() -> None:
+    """Under bf16 autocast the backward's re-forward runs in bf16 too, as the forward did."""
+    from dgmood.nn.precision import has_native_bf16
+
+    if not has_native_bf16():
+        pytest.skip("no native bf16 on this CPU")
+    results = {}
+    for light in (False, True):
+        model = make_flow("glow", memory_light=light).float()
+        x = images().float().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            log_prob = model.log_prob(x)
+        log_prob.sum().backward()
+        assert x.grad is not None
+        results[light] = x.grad
+    # recomputing in fp32 instead would differ by the bf16 rounding (~1e-2 relative)
+    torch.testing.assert_close(results[True], results[False], rtol=1e-3, atol=1e-3)

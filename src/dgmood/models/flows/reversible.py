@@ -32,14 +32,30 @@ def _step_parameters(step: nn.Module) -> list[nn.Parameter]:
     return [p for p in step.parameters() if p.requires_grad]
 
 
+def _unique_parameters(steps: Sequence[Bijection]) -> list[nn.Parameter]:
+    """Trainable parameters of ``steps``, each once (a shared parameter is passed once)."""
+    out: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for step in steps:
+        for param in _step_parameters(step):
+            if id(param) not in seen:
+                seen.add(id(param))
+                out.append(param)
+    return out
+
+
 class _ReversibleFunction(torch.autograd.Function):
     """``(x, *params) -> (z, log|det J|)`` through ``steps``, storing only ``z``."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, steps: Sequence[Bijection], n_params: int, *params: Tensor
+        ctx: Any, x: Tensor, steps: Sequence[Bijection], *params: Tensor
     ) -> tuple[Tensor, Tensor]:
         ctx.steps = steps
+        # the recomputation in backward must run at the precision the forward ran at
+        ctx.device_type = x.device.type
+        ctx.autocast = torch.is_autocast_enabled(x.device.type)
+        ctx.autocast_dtype = torch.get_autocast_dtype(x.device.type)
         total = x.new_zeros(x.shape[0])
         with torch.no_grad():
             h = x
@@ -61,10 +77,11 @@ class _ReversibleFunction(torch.autograd.Function):
         if grad_log_det is None:
             grad_log_det = z.new_zeros(z.shape[0])
         h = z.detach()
+        autocast = torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype, enabled=ctx.autocast)
         for step in reversed(steps):
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 x, _ = step.inverse(h)
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast:
                 x = x.detach().requires_grad_(True)
                 out, log_abs_det_jacobian = step(x)
                 params = _step_parameters(step)
@@ -80,26 +97,12 @@ class _ReversibleFunction(torch.autograd.Function):
                 if grad is not None:
                     grads[param] = grads[param] + grad if param in grads else grad
             h = x.detach()
-        all_params = [p for step in steps for p in _step_parameters(step)]
-        seen: set[int] = set()
-        param_grads: list[Tensor | None] = []
-        for param in all_params:
-            # a parameter shared by two steps is passed once; its gradient once
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            param_grads.append(grads.get(param))
-        return (grad_z, None, None, *param_grads)
+        param_grads = [grads.get(param) for param in _unique_parameters(steps)]
+        return (grad_z, None, *param_grads)
 
 
 def reversible_forward(steps: Sequence[Bijection], x: Tensor) -> tuple[Tensor, Tensor]:
     """``steps`` applied in order, with the memory-light backward described above."""
-    params: list[Tensor] = []
-    seen: set[int] = set()
-    for step in steps:
-        for param in _step_parameters(step):
-            if id(param) not in seen:
-                seen.add(id(param))
-                params.append(param)
-    z, log_abs_det_jacobian = _ReversibleFunction.apply(x, list(steps), len(params), *params)
+    params = _unique_parameters(steps)
+    z, log_abs_det_jacobian = _ReversibleFunction.apply(x, list(steps), *params)
     return z, log_abs_det_jacobian
