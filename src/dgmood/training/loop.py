@@ -430,7 +430,8 @@ def _run_steps(
                         for k, v in record.items()
                     )
                     bar.write(" ".join(values))
-            if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
+            every = train_cfg.checkpoint_every
+            if (every > 0 and done % every == 0) or done == train_cfg.steps:
                 session.checkpoint(done)
                 last_good_step = done
     except _Diverged as error:
