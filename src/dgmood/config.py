@@ -92,14 +92,14 @@ def _check_types(obj: Any, section: str, literals: bool = True) -> None:
         value, tp = getattr(obj, f.name), hints[f.name]
         if not literals and typing.get_origin(tp) is typing.Literal:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{section}.{f.name} must be finite, got {value!r}")
         try:
             ok = _coerce(tp, value) == value
         except (ValueError, TypeError) as error:
             raise ValueError(f"{section}.{f.name}: {error}") from None
         if not ok or (tp is int and isinstance(value, bool)):
             raise ValueError(f"{section}.{f.name}: expected {tp}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{section}.{f.name} must be finite, got {value!r}")
 
 
 @dataclass(frozen=True)

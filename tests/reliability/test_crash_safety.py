@@ -280,3 +280,17 @@ def test_divergence_keeps_only_a_checkpoint_with_finite_weights_and_loss(
     stats = score_images(run.model, tiny_data.train_set.images[:32])
     assert bool(torch.isfinite(torch.from_numpy(stats["bits_per_dim"])).all())
     assert all(bool(torch.isfinite(v).all()) for v in kept.model_state.values())
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(
+    tmp_path: Path, tiny_data: TinyData, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    child = Child(
+        _train_killed_at, tiny_glow(STEPS), run_dir, tiny_data, False, "mid-write", 1,
+        error_file=tmp_path / "err",
+    )  # fmt: skip
+    assert child.wait() == -signal.SIGKILL, child.error
+    assert (run_dir / CONFIG_FILE).exists() and not (run_dir / CHECKPOINT_FILE).exists()
+    _train(tiny_glow(STEPS), run_dir, tiny_data, resume=True)
+    _assert_same_as_reference(run_dir, reference)

@@ -28,7 +28,9 @@ from dgmood.io import atomic_write_text, deferred_interrupts
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.registry import build_model
 from dgmood.runs import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
+    LEGACY_STATE_FILE,
     METRICS_FILE,
     MODEL_FILE,
     Checkpoint,
@@ -199,8 +201,12 @@ def _load_data(
     return train_set, val_set
 
 
-def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint:
-    """The checkpoint to continue from, after checking it belongs to the same model and data."""
+def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
+    """The checkpoint to continue from, after checking it belongs to the same model and data.
+
+    None if the run was stopped before it trained anything (no checkpoint, model or older
+    state file): starting it again from step 0 then loses and repeats nothing.
+    """
     stored = RunConfig.load(run_dir / CONFIG_FILE)
     if stored.model != config.model or stored.data != config.data:
         raise ValueError(
@@ -208,6 +214,10 @@ def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint:
             f"resume with its stored config: dgmood train --resume --run-dir {run_dir} "
             "(--set train.* may still change the training settings)"
         )
+    if not any(
+        (run_dir / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, LEGACY_STATE_FILE)
+    ):
+        return None
     return load_checkpoint(run_dir)
 
 
