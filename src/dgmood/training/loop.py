@@ -108,7 +108,7 @@ def _prepare_batch(
         images = torch.where(flip.view(-1, 1, 1, 1) < 0.5, images.flip(-1), images)
     x = to_model_input(
         images,
-        model.input_spec,
+        model.input_spec,  # type: ignore[arg-type]
         mode,  # type: ignore[arg-type]
         generator=step_generator(config.train.seed, step, salt),
     )
@@ -421,7 +421,7 @@ def _run_steps(
                 record = {k: v / running_count for k, v in running.items()}
                 record.update(
                     step=done,
-                    lr=session.scheduler.get_last_lr()[0],
+                    lr=float(session.scheduler.get_last_lr()[0]),
                     grad_norm=grad_norm,
                     seconds=time.perf_counter() - started,
                 )
