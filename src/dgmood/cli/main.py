@@ -62,7 +62,10 @@ IwaeK = Annotated[
 
 
 def user_errors(func: F) -> F:
-    """Turn errors a user can fix into one red line and exit code 2, not a traceback."""
+    """Turn errors a user can fix into one red line and exit code 2, not a traceback.
+
+    Ctrl-C is one line and exit code 130 (files are written atomically, so none is partial).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,6 +78,9 @@ def user_errors(func: F) -> F:
         except (DataError, RunDirError, TrainingDivergedError, ValueError, FileNotFoundError) as e:
             err_console.print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted.[/] Finished results and caches are kept.")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -178,10 +184,15 @@ def train(
     """Train a model; writes config.yaml, model.safetensors, training state and metrics."""
     from dgmood.config import RunConfig, replace_path
     from dgmood.presets import run_preset
+    from dgmood.runs import CONFIG_FILE, check_run_dir
     from dgmood.training import train as train_run
 
-    if resume and run_dir is not None and (run_dir / "config.yaml").exists() and config is None:
-        cfg = RunConfig.load(run_dir / "config.yaml")
+    if resume:
+        if run_dir is None:
+            raise ValueError("--resume needs the --run-dir of the run to continue")
+        check_run_dir(run_dir, resume=True)
+    if resume and run_dir is not None and config is None:
+        cfg = RunConfig.load(run_dir / CONFIG_FILE)
     elif config is not None:
         cfg = RunConfig.load(config)
     elif model is not None:
@@ -214,11 +225,11 @@ def train(
 
 def _report_interrupt(run_dir: Path) -> None:
     """Tell the user where an interrupted run stands and how to continue it."""
-    from dgmood.runs import MODEL_FILE, read_model_metadata
+    from dgmood.runs import CHECKPOINT_FILE, read_model_metadata
 
-    weights = run_dir / MODEL_FILE
-    if weights.exists():
-        step = read_model_metadata(weights).get("step", "?")
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        step = read_model_metadata(checkpoint).get("step", "?")
         err_console.print(
             f"[yellow]interrupted.[/] The last checkpoint (step {step}) is in {run_dir}; "
             f"continue with: dgmood train --resume --run-dir {run_dir}"

@@ -8,6 +8,7 @@ the batches an uninterrupted one would, and (on the same machine) ends bit-ident
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -28,18 +28,21 @@ from dgmood.io import atomic_write_text, deferred_interrupts
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.registry import build_model
 from dgmood.runs import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
+    LEGACY_STATE_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    STATE_FILE,
+    Checkpoint,
     append_metrics,
     check_run_dir,
-    load_training_state,
-    prepare_run_dir,
+    load_checkpoint,
+    model_state_dict,
+    open_run_dir,
     read_metrics,
     read_model_metadata,
+    save_checkpoint,
     save_model,
-    save_training_state,
 )
 
 INIT_BATCH_SIZE = 512  # images used for data-dependent (actnorm) initialisation
@@ -105,7 +108,7 @@ def _prepare_batch(
         images = torch.where(flip.view(-1, 1, 1, 1) < 0.5, images.flip(-1), images)
     x = to_model_input(
         images,
-        model.input_spec,
+        model.input_spec,  # type: ignore[arg-type]
         mode,  # type: ignore[arg-type]
         generator=step_generator(config.train.seed, step, salt),
     )
@@ -161,6 +164,189 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _build_model(config: RunConfig, device: torch.device) -> nn.Module:
+    """The model of ``config``, seeded; a config it cannot be built from is a ValueError."""
+    torch.manual_seed(config.train.seed)
+    try:
+        model = build_model(config.model, config.data)
+    except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as error:
+        family = type(config.model).family
+        raise ValueError(f"cannot build a {family} model from this config: {error}") from None
+    model = model.to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    return model
+
+
+def _load_data(
+    config: RunConfig,
+    sources: DataSources,
+    train_set: ImageSet | None,
+    val_set: ImageSet | None,
+) -> tuple[ImageSet, ImageSet | None]:
+    """The training and validation images (loaded by name unless given)."""
+    data_cfg, train_cfg = config.data, config.train
+    if train_set is None:
+        train_set = sources.load_like(data_cfg.dataset, data_cfg.train_split, data_cfg)
+    train_set = train_set.head(data_cfg.train_limit)
+    if val_set is None and train_cfg.eval_every >= 0:
+        val_set = sources.load_like(data_cfg.dataset, data_cfg.val_split, data_cfg)
+    if val_set is not None:
+        val_set = val_set.head(data_cfg.val_size)
+    if len(train_set) < train_cfg.batch_size:
+        raise ValueError(
+            f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
+        )
+    return train_set, val_set
+
+
+def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
+    """The checkpoint to continue from, after checking it belongs to the same model and data.
+
+    None if the run was stopped before it trained anything (no checkpoint, model or older
+    state file): starting it again from step 0 then loses and repeats nothing.
+    """
+    stored = RunConfig.load(run_dir / CONFIG_FILE)
+    if stored.model != config.model or stored.data != config.data:
+        raise ValueError(
+            f"cannot resume {run_dir}: its model/data config differs from the one given; "
+            f"resume with its stored config: dgmood train --resume --run-dir {run_dir} "
+            "(--set train.* may still change the training settings)"
+        )
+    if not any(
+        (run_dir / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, LEGACY_STATE_FILE)
+    ):
+        return None
+    return load_checkpoint(run_dir)
+
+
+def _term_means(terms: dict[str, Tensor]) -> dict[str, float]:
+    """Batch mean of every per-sample term a model's ``training_loss`` reports."""
+    return {key: float(value.detach().float().mean()) for key, value in terms.items()}
+
+
+@dataclass
+class _Session:
+    """A model, its optimiser and data, and the run directory they are trained into."""
+
+    config: RunConfig
+    run_dir: Path
+    model: nn.Module
+    train_set: ImageSet
+    val_set: ImageSet | None
+    device: torch.device
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.config)
+        warmup = _lr_lambda(self.config.train.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
+
+    # -- build / resume
+    @torch.no_grad()
+    def initialise(self) -> None:
+        """Data-dependent initialisation (actnorm) on a larger first batch, as Glow does."""
+        seed = self.config.train.seed
+        idx = batch_indices(len(self.train_set), INIT_BATCH_SIZE, seed, 0)
+        x = _prepare_batch(self.model, self.train_set.images[idx], self.config, -1, self.device)
+        compute_loss(self.model, x, self.train_set.labels[idx].to(self.device))
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model_state)
+        state = checkpoint.training_state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        # forget log lines written after the checkpoint we resume from
+        kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= checkpoint.step]
+        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        # a kill between the checkpoint and the model export left an older model file
+        save_model(checkpoint.model_state, self.run_dir / MODEL_FILE, self.config, checkpoint.step)
+
+    # -- the step
+    def loss(self, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of step ``step``'s batch (a pure function of seed and step) and its terms."""
+        train_cfg = self.config.train
+        idx = batch_indices(len(self.train_set), train_cfg.batch_size, train_cfg.seed, step)
+        x = _prepare_batch(self.model, self.train_set.images[idx], self.config, step, self.device)
+        return compute_loss(self.model, x, self.train_set.labels[idx].to(self.device))
+
+    def update(self, loss: Tensor) -> float:
+        """One optimiser step on ``loss``; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_clip = self.config.train.grad_clip
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip))
+            if grad_clip > 0
+            else 0.0
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        return grad_norm
+
+    # -- validation
+    def validate(self, step: int) -> dict[str, Any]:
+        assert self.val_set is not None
+        return {"step": step, **evaluate_model(self.model, self.val_set, self.config, self.device)}
+
+    # -- checkpoint
+    def probe_loss(self, step: int) -> float:
+        """Loss of step ``step``'s batch under the current weights, changing nothing.
+
+        No gradient; the RNG and buffers (batch-norm statistics) are restored afterwards,
+        so a run that probes ends bit-identical to one that does not.
+        """
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            loss, _ = self.loss(step)
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(buffers[name])
+        return float(loss)
+
+    def weights_are_finite(self) -> bool:
+        return all(
+            bool(torch.isfinite(v).all())
+            for v in self.model.state_dict().values()
+            if v.is_floating_point()
+        )
+
+    def checkpoint(self, step: int) -> None:
+        """Write a resumable checkpoint of ``step`` once its weights are known to be good."""
+        if not self.weights_are_finite() or not math.isfinite(self.probe_loss(step)):
+            raise _Diverged(step)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        with deferred_interrupts():
+            weights = model_state_dict(self.model)
+            save_checkpoint(self.run_dir, self.config, Checkpoint(step, weights, state))
+
+
+class _Diverged(Exception):
+    """Raised inside the loop at the step whose loss (or weights, if ``loss`` is None) is not
+    finite."""
+
+    def __init__(self, step: int, loss: float | None = None) -> None:
+        super().__init__(step, loss)
+        self.step, self.loss = step, loss
+
+
+def _diverged_error(error: _Diverged, last_good_step: int, run_dir: Path) -> TrainingDivergedError:
+    what = "weights or loss not finite" if error.loss is None else f"loss {error.loss}"
+    return TrainingDivergedError(
+        f"training diverged at step {error.step} ({what}) and stopped. The last good "
+        f"checkpoint (step {last_good_step}) is kept in {run_dir}: its weights and loss were "
+        "checked finite. Lower train.lr or train.grad_clip, or raise train.warmup_steps "
+        "(e.g. --set train.lr=1e-4), then resume or restart."
+    )
+
+
 def train(
     config: RunConfig,
     run_dir: str | os.PathLike[str],
@@ -175,81 +361,37 @@ def train(
     """Train ``config`` into ``run_dir`` (or continue it with ``resume=True``).
 
     ``train_set``/``val_set`` override loading by name (already in the model's format).
-    Raises :class:`TrainingDivergedError` on a NaN/inf loss, keeping the last checkpoint.
+    Everything that can be rejected (the run dir, the data, the model config) is checked
+    before the run dir is created. Raises :class:`TrainingDivergedError` on a NaN/inf loss
+    or weights, keeping the last checkpoint whose weights and loss were checked finite.
     """
     run_dir = Path(run_dir)
-    sources = sources or DataSources()
     check_run_dir(run_dir, resume)
-    train_cfg, data_cfg = config.train, config.data
-    if train_cfg.num_threads > 0:
-        torch.set_num_threads(train_cfg.num_threads)
+    if config.train.num_threads > 0:
+        torch.set_num_threads(config.train.num_threads)
     dev = _device(device)
-    if train_set is None:
-        train_set = sources.load_like(data_cfg.dataset, data_cfg.train_split, data_cfg)
-    train_set = train_set.head(data_cfg.train_limit)
-    if val_set is None and train_cfg.eval_every >= 0:
-        val_set = sources.load_like(data_cfg.dataset, data_cfg.val_split, data_cfg)
-    if val_set is not None:
-        val_set = val_set.head(data_cfg.val_size)
-    if len(train_set) < train_cfg.batch_size:
-        raise ValueError(
-            f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
-        )
+    train_set, val_set = _load_data(config, sources or DataSources(), train_set, val_set)
+    model = _build_model(config, dev)
+    with open_run_dir(run_dir, resume):
+        resume_from = _resume_point(config, run_dir) if resume else None
+        config.save(run_dir / CONFIG_FILE)
+        session = _Session(config, run_dir, model, train_set, val_set, dev)
+        if resume_from is None:
+            session.initialise()
+            start_step = 0
+        else:
+            session.restore(resume_from)
+            start_step = resume_from.step
+        history, seconds = _run_steps(session, start_step, progress)
+    model.eval()
+    return TrainResult(run_dir, model, max(start_step, config.train.steps), history, seconds)
 
-    prepare_run_dir(run_dir, resume)  # only now: a bad dataset leaves nothing behind
-    state: dict[str, Any] | None = None
-    if resume and (run_dir / STATE_FILE).exists():
-        stored = RunConfig.load(run_dir / CONFIG_FILE)
-        if stored.model != config.model or stored.data != config.data:
-            raise ValueError(
-                f"cannot resume {run_dir}: its model/data config differs from the one given; "
-                "resume with the stored config (dgmood train --resume RUN_DIR)"
-            )
-        state = load_training_state(run_dir / STATE_FILE)
-    config.save(run_dir / CONFIG_FILE)
 
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(config.model, data_cfg).to(dev)
-    if train_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    if state is None:
-        # data-dependent init (actnorm) on a larger first batch, as Glow does
-        init_idx = batch_indices(len(train_set), INIT_BATCH_SIZE, train_cfg.seed, 0)
-        with torch.no_grad():
-            x = _prepare_batch(model, train_set.images[init_idx], config, -1, dev)
-            compute_loss(model, x, train_set.labels[init_idx].to(dev))
-    optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_cfg.warmup_steps))
-    start_step = 0
-    if state is not None:
-        model.load_state_dict(load_file(str(run_dir / MODEL_FILE)))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step = int(state["step"])
-        # forget log lines written after the checkpoint we resume from
-        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step]
-        atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-
-    def checkpoint(step: int) -> None:
-        with deferred_interrupts():  # weights and state must describe the same step
-            _write_checkpoint(step)
-
-    def _write_checkpoint(step: int) -> None:
-        save_model(model, run_dir / MODEL_FILE, config, step)
-        save_training_state(
-            run_dir / STATE_FILE,
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
-
-    if state is None:
-        checkpoint(0)  # so that a divergence always leaves a good checkpoint behind
+def _run_steps(
+    session: _Session, start_step: int, progress: bool
+) -> tuple[list[dict[str, Any]], float]:
+    """Steps ``start_step..steps``: update, log, validate, checkpoint. Returns the log."""
+    train_cfg, run_dir = session.config.train, session.run_dir
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     bar = tqdm(
@@ -262,70 +404,51 @@ def train(
     running: dict[str, float] = {}
     running_count = 0
     last_good_step = start_step
-    for step in range(start_step, train_cfg.steps):
-        idx = batch_indices(len(train_set), train_cfg.batch_size, train_cfg.seed, step)
-        x = _prepare_batch(model, train_set.images[idx], config, step, dev)
-        labels = train_set.labels[idx].to(dev)
-        loss, terms = compute_loss(model, x, labels)
-        if not torch.isfinite(loss):
-            bar.close()
-            raise TrainingDivergedError(
-                f"loss became {loss.item()} at step {step}; training stopped. The last good "
-                f"checkpoint (step {last_good_step}) is kept in {run_dir}. Lower --set "
-                "train.lr, raise train.warmup_steps or train.grad_clip, and resume or restart."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            if train_cfg.grad_clip > 0
-            else torch.tensor(0.0)
-        )
-        optimizer.step()
-        scheduler.step()
-        done = step + 1
-        running["loss"] = running.get("loss", 0.0) + loss.item()
-        for key, value in terms.items():
-            if key in ("accuracy", "kl", "reconstruction"):
-                running[key] = running.get(key, 0.0) + float(value.detach().float().mean())
-        running_count += 1
-        bar.update(1)
-        if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-            record = {k: v / running_count for k, v in running.items()}
-            record.update(
-                step=done,
-                lr=scheduler.get_last_lr()[0],
-                grad_norm=float(grad_norm),
-                seconds=time.perf_counter() - started,
-            )
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "accuracy")})
-            append_metrics(run_dir, record)
-            history.append(record)
-            running, running_count = {}, 0
-        is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
-        if val_set is not None and (is_eval or done == train_cfg.steps):
-            record = {"step": done, **evaluate_model(model, val_set, config, dev)}
-            append_metrics(run_dir, record)
-            history.append(record)
-            if progress:
-                bar.write(
-                    " ".join(
+    try:
+        if start_step == 0:
+            session.checkpoint(0)  # so that a divergence always leaves a good checkpoint behind
+        for step in range(start_step, train_cfg.steps):
+            loss, terms = session.loss(step)
+            if not torch.isfinite(loss):
+                raise _Diverged(step, loss.item())
+            grad_norm = session.update(loss)
+            done = step + 1
+            for key, value in {"loss": loss.item(), **_term_means(terms)}.items():
+                running[key] = running.get(key, 0.0) + value
+            running_count += 1
+            bar.update(1)
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                record = {k: v / running_count for k, v in running.items()}
+                record.update(
+                    step=done,
+                    lr=float(session.scheduler.get_last_lr()[0]),
+                    grad_norm=grad_norm,
+                    seconds=time.perf_counter() - started,
+                )
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                append_metrics(run_dir, record)
+                history.append(record)
+                running, running_count = {}, 0
+            is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
+            if session.val_set is not None and (is_eval or done == train_cfg.steps):
+                record = session.validate(done)
+                append_metrics(run_dir, record)
+                history.append(record)
+                if progress:
+                    values = (
                         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in record.items()
                     )
-                )
-        if (train_cfg.checkpoint_every > 0 and done % train_cfg.checkpoint_every == 0) or (
-            done == train_cfg.steps
-        ):
-            checkpoint(done)
-            last_good_step = done
-    bar.close()
-    if start_step >= train_cfg.steps and not (run_dir / MODEL_FILE).exists():
-        checkpoint(start_step)
-    model.eval()
-    return TrainResult(
-        run_dir, model, max(start_step, train_cfg.steps), history, time.perf_counter() - started
-    )
+                    bar.write(" ".join(values))
+            every = train_cfg.checkpoint_every
+            if (every > 0 and done % every == 0) or done == train_cfg.steps:
+                session.checkpoint(done)
+                last_good_step = done
+    except _Diverged as error:
+        raise _diverged_error(error, last_good_step, run_dir) from None
+    finally:
+        bar.close()
+    return history, time.perf_counter() - started
 
 
 def train_or_reuse(
