@@ -20,7 +20,8 @@ def test_decomposition_gaps_and_full_range_tiny(tiny_ctx: StudyContext) -> None:
     # the two terms add up to log p(x): compare with the bits/dim table (D = 1024)
     bpd = {r[0]: r[3] for r in result.table("bits_per_dim").rows}
     for label in ("fashion-mnist-test", "mnist-test"):
-        log_px = terms["density term log p(z)", label][3] + terms["volume term log|det J|", label][3]
+        density = terms["density term log p(z)", label][3]
+        log_px = density + terms["volume term log|det J|", label][3]
         # bits/dim = -(log p(x) + D log(1/256)) / (D ln 2) for inputs in [-0.5, 0.5)
         assert bpd[label] == pytest.approx(
             -(log_px - 1024 * np.log(256.0)) / (1024 * np.log(2.0)), rel=1e-4

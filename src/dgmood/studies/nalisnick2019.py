@@ -78,7 +78,9 @@ class Nalisnick2019(Study[Nalisnick2019Options]):
                 runs_root=ctx.out_dir / RUNS_DIR,
             )
             sub = dataclasses.replace(sub, out_dir=ctx.out_dir / name, limit=limit, timings={})
-            options: dict[str, Any] = {"train_limit": train_limit} if name in TRAIN_LIMIT_STUDIES else {}
+            options: dict[str, Any] = {}
+            if name in TRAIN_LIMIT_STUDIES:
+                options["train_limit"] = train_limit
             with ctx.timed(name):
                 result = run_study(name, sub, **options)
             seconds = sum(v for k, v in sub.timings.items())
