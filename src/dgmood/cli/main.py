@@ -256,6 +256,8 @@ def _print_result(result: Any, out_dir: Path) -> None:
         console.print(table.to_markdown(), markup=False)
     console.print(f"[bold]{result.finding}[/]", markup=False)
     console.print(f"results: {out_dir}")
+    if (out_dir / "report.html").exists():
+        console.print(f"report: {out_dir / 'report.html'}")
 
 
 @app.command()
@@ -488,6 +490,63 @@ def predict(
     console.print(table)
     for figure in figures:
         console.print(f"figure: {figure}")
+
+
+@app.command("report")
+@user_errors
+def report(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A study result folder (e.g. reports/fashion-mnist), a run directory "
+            "evaluated by `dgmood evaluate`, or a folder of studies (also writes index.html)."
+        ),
+    ],
+) -> None:
+    """Rebuild the HTML report(s) from the results on disk, without training or scoring.
+
+    Example: dgmood report reports/fashion-mnist
+    """
+    from dgmood.reporting.html import rebuild_reports
+
+    pages = rebuild_reports(path)
+    for page in pages[1:]:
+        console.print(f"report: {page}")
+    console.print(f"report: {pages[0]}" if len(pages) == 1 else f"index: {pages[0]}")
+
+
+@app.command("runs")
+@user_errors
+def runs(
+    root: Annotated[
+        Path, typer.Argument(help="Folder searched recursively for run directories.")
+    ] = Path("."),
+) -> None:
+    """List run directories below ROOT: status, model, dataset, step, last validation metric.
+
+    done: trained to train.steps; interrupted: checkpoint below it (continue with
+    `dgmood train --resume --run-dir RUN`); failed: config.yaml without a model.
+    """
+    from dgmood.reporting.runs_table import list_runs
+
+    found = list_runs(root)
+    if not found:
+        console.print(f"no run directories (config.yaml) below {root}")
+        return
+    table = Table(
+        "run", "status", "model", "dataset", "step", "last validation", title=f"runs below {root}"
+    )
+    table.columns[0].overflow = "fold"
+    colours = {"done": "green", "interrupted": "yellow"}
+    for run in found:
+        step = "-" if run.step is None else str(run.step)
+        if run.steps is not None:
+            step += f" / {run.steps}"
+        last = " ".join(f"{k}={v:.4f}" for k, v in run.last_val.items()) or run.note or "-"
+        colour = colours.get(run.status, "red")
+        shown = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir
+        table.add_row(str(shown), f"[{colour}]{run.status}[/]", run.model, run.dataset, step, last)
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

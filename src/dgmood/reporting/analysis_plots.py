@@ -14,26 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+from dgmood.reporting.figures import save_figure
+from dgmood.reporting.style import PALETTE, styled
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 BINS = 60
-
-
-def save_png_and_svg(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (PNG) and the same name with ``.svg``; returns the PNG path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
-    return path
 
 
 def full_range_bins(values: Sequence[np.ndarray], bins: int = BINS) -> np.ndarray:
@@ -68,28 +56,33 @@ def histogram_panel(ax: Axes, values: Mapping[str, np.ndarray], xlabel: str) -> 
     ax.legend(fontsize=7)
 
 
+@styled
 def plot_histograms(
     values: Mapping[str, np.ndarray], out_path: Path, xlabel: str, title: str = ""
 ) -> Path:
     """One panel of full-range histograms, one per set (dashed line: the set's median)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.subplots()
     histogram_panel(ax, values, xlabel)
     ax.set_title(title, fontsize=9)
-    return save_png_and_svg(fig, out_path)
+    return save_figure(fig, out_path)
 
 
+@styled
 def plot_histogram_panels(
     panels: Mapping[str, Mapping[str, np.ndarray]], out_path: Path, title: str = ""
 ) -> Path:
     """Side-by-side full-range histogram panels: ``{x label: {set: values}}``."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    fig = Figure(figsize=(6 * len(panels), 4), layout="tight")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (xlabel, values) in zip(axes[0], panels.items(), strict=True):
         histogram_panel(ax, values, xlabel)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_png_and_svg(fig, out_path)
+    return save_figure(fig, out_path)
 
 
+@styled
 def plot_curves(
     x: Sequence[float],
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -99,7 +92,8 @@ def plot_curves(
     title: str = "",
 ) -> Path:
     """A median line with a 25-75% quantile band per set: ``{set: (median, q25, q75)}``."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4), layout="tight")
+    ax = fig.subplots()
     for color, (label, (median, low, high)) in zip(PALETTE, curves.items(), strict=False):
         ax.plot(x, median, marker="o", color=color, label=label)
         ax.fill_between(x, low, high, color=color, alpha=0.2)
@@ -107,4 +101,4 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    return save_png_and_svg(fig, out_path)
+    return save_figure(fig, out_path)

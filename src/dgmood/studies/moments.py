@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dgmood.data.datasets import load_dataset
-from dgmood.presets import DATASET_CHANNELS
+from dgmood.data.datasets import DATASETS, load_dataset
 from dgmood.reporting.analysis_plots import plot_histogram_panels
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.studies.base import Study, StudyContext, register_study
@@ -65,7 +64,7 @@ class Moments(Study[MomentsOptions]):
                     data_dir=ctx.sources.data_dir,
                     download=ctx.sources.download,
                     mirror=ctx.sources.mirror,
-                    channels=DATASET_CHANNELS.get(name, 3),
+                    channels=DATASETS[name].channels if name in DATASETS else 3,
                 ).head(ctx.limit)
                 mean, var = pixel_moments(imageset.images)
                 means[imageset.label], variances[imageset.label] = mean, var

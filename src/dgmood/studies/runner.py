@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dgmood.evaluation.compare import ScoringOptions
+from dgmood.reporting.html import write_report
 from dgmood.reporting.result import StudyResult
 from dgmood.runs import load_run
 from dgmood.studies.base import Study, StudyContext, environment, study_class
@@ -32,6 +33,7 @@ def run_study(
     study: Study[Any] = cls.with_options(overrides, **options)
     result = study.run(ctx)
     result.write(ctx.out_dir)
+    write_report(result, ctx.out_dir)
     return result
 
 
@@ -73,4 +75,5 @@ def evaluate_run(
         environment=environment(),
     )
     result.write(ctx.out_dir)
+    write_report(result, ctx.out_dir)
     return result
