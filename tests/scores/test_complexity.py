@@ -46,3 +46,13 @@ def test_wrong_images_are_one_clear_error() -> None:
         compressed_bits_per_dim(torch.zeros(1, 2, 8, 8, dtype=torch.uint8), "png")
     with pytest.raises(ValueError, match="unknown codec"):
         compressed_bits_per_dim(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "gif")
+
+
+def test_every_new_score_is_registered_with_a_reference() -> None:
+    from dgmood.scores.base import score_class, score_names
+
+    names = set(score_names())
+    new = {"likelihood-ratio", "typicality", "waic", "likelihood-regret", "dose"}
+    assert new | {f"complexity-{codec}" for codec in CODECS} <= names
+    for name in new:
+        assert score_class(name).references()
