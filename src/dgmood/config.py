@@ -129,6 +129,9 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate
     warmup_steps: int = 200  # linear warm-up from 0 to lr
     weight_decay: float = 0.0
+    # probability that each uint8 sub-pixel of a training batch is replaced by a uniform random
+    # level in 0..255, fresh per batch (a likelihood-ratio background model; 0 = off)
+    mutation_rate: float = 0.0
     grad_clip: float = 50.0  # max global grad norm (0 = off)
     seed: int = 0  # seeds parameters, data order and dequantization noise
     eval_every: int = 500  # validate every N steps (0 = only at the end, < 0 = never)

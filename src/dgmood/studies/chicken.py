@@ -141,7 +141,8 @@ class Chicken(Study[ChickenOptions]):
                 vae_scores = [
                     s
                     for s in map(make_score, score_names("density"))
-                    if s.applies_to(vae) and not s.aux_runs(vae.config)
+                    # likelihood regret (uses_model) costs seconds per image: only when named
+                    if s.applies_to(vae) and not s.aux_runs(vae.config) and not s.uses_model
                 ]
                 comparisons += [
                     replace(c, score=f"vae {c.score}")

@@ -94,6 +94,18 @@ def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {train.optimizer!r}")
 
 
+def mutate_pixels(images: Tensor, rate: float, generator: torch.Generator) -> Tensor:
+    """A copy of uint8 ``images`` with each sub-pixel replaced by a uniform level w.p. ``rate``.
+
+    References: Ren et al., "Likelihood Ratios for Out-of-Distribution Detection", NeurIPS 2019.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"mutation_rate must lie in [0, 1], got {rate}")
+    replace = torch.rand(images.shape, generator=generator) < rate
+    levels = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
+    return torch.where(replace, levels, images)
+
+
 def _prepare_batch(
     model: nn.Module,
     images: Tensor,
@@ -103,6 +115,10 @@ def _prepare_batch(
     mode: str = "uniform",
     salt: int = 0,
 ) -> Tensor:
+    if config.train.mutation_rate > 0:
+        images = mutate_pixels(
+            images, config.train.mutation_rate, step_generator(config.train.seed, step, salt + 7)
+        )
     if config.train.augment_flip:
         flip = torch.rand(images.shape[0], generator=step_generator(config.train.seed, step, 99))
         images = torch.where(flip.view(-1, 1, 1, 1) < 0.5, images.flip(-1), images)
