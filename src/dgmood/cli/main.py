@@ -243,7 +243,7 @@ def _print_result(result: Any, out_dir: Path) -> None:
     for table in result.tables:
         console.print(f"\n[bold]{table.title}[/]")
         console.print(table.to_markdown(), markup=False)
-    console.print(f"[bold]{result.finding}[/]", markup=False)
+    console.print(result.finding, style="bold", markup=False)
     console.print(f"results: {out_dir}")
 
 

@@ -12,6 +12,7 @@ References: Nalisnick et al., ICLR 2019; the scores' own references (``dgmood sc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -180,9 +181,10 @@ def benchmark_finding(rows: Sequence[BenchmarkRow]) -> str:
     for r in best_per_pair(rows):
         m = r.comparison.metrics
         low, high = m.ci.get("auroc", (float("nan"), float("nan")))
+        ci = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
         parts.append(
             f"{r.in_dataset} -> {r.ood}: {r.comparison.score} under {r.model}, AUROC "
-            f"{m.auroc:.3f} [{low:.3f}, {high:.3f}]"
+            f"{m.auroc:.3f}{ci}"
         )
     return "Best score per pair: " + "; ".join(parts) + "." if parts else "No score applied."
 
