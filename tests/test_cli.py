@@ -64,7 +64,14 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     sets = next(t for t in results["tables"] if t["name"] == "bits_per_dim")
     assert [row[1] for row in sets["rows"]] == ["in-train", "in-test", "ood"]
     assert [row[2] for row in sets["rows"]] == [100, 100, 100]
-    assert (out / "ood_metrics.csv").read_text().startswith("score,in-distribution,OOD,AUROC")
+    metrics = next(m for m in results["data"]["metrics"] if m["score"] == "nll")
+    assert (metrics["n_in"], metrics["n_out"]) == (100, 100)
+    low, high = metrics["ci"]["auroc"]
+    assert low <= metrics["auroc"] <= high and high - low < 0.4  # 100 vs 100: +-0.08 or so
+    csv_lines = (out / "ood_metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("score,in-distribution,OOD,AUROC")
+    nll_row = next(line.split(",") for line in csv_lines if line.startswith("nll,"))
+    assert float(nll_row[3]) == metrics["auroc"] and float(nll_row[8]) == metrics["fpr95_in"]
     assert (out / "bpd_histogram.png").stat().st_size > 10_000
     assert (out / "decomposition.png").exists()
 
@@ -87,8 +94,11 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     assert "AUROC of -log p(x)" in result.output
     assert (report / "runs" / "model" / "model.safetensors").exists()
     summary = (report / "summary.md").read_text()
-    assert "| fashion-mnist-test | in-test | 64 |" in summary
-    assert "| mnist-test | ood | 64 |" in summary
+    report_results = json.loads((report / "result.json").read_text())
+    sets = next(t for t in report_results["tables"] if t["name"] == "bits_per_dim")
+    ood_row = sets["rows"][2]
+    assert ood_row[:3] == ["mnist-test", "ood", 64]
+    assert f"| mnist-test | ood | 64 | {ood_row[3]:.3f} |" in summary
 
 
 def test_existing_run_dir_is_one_clear_error(tmp_path: Path) -> None:

@@ -50,3 +50,14 @@ def test_shipped_yaml_configs_load_and_match_their_presets() -> None:
         config = RunConfig.load(path)
         model, preset = config.preset.split("/")
         assert config == run_preset(model, preset, config.data.dataset), path.name
+
+
+@pytest.mark.parametrize(("dataset", "channels"), [("mnist", 1), ("kmnist", 1), ("svhn", 3)])
+def test_run_preset_takes_native_channels_from_the_dataset_registry(
+    dataset: str, channels: int
+) -> None:
+    from dgmood.data.datasets import DATASETS
+
+    assert run_preset("glow", "tiny", dataset).data.channels == channels
+    assert DATASETS[dataset].channels == channels
+    assert run_preset("glow", "tiny", "folder:photos").data.channels == 3

@@ -106,10 +106,10 @@ def _coerce(tp: Any, value: Any) -> Any:
             return tuple(_coerce(args[0], v) for v in value)
         return tuple(_coerce(a, v) for a, v in zip(args, value, strict=True))
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value) if len(args) == 1 else value
+        return _coerce(members[0], value) if len(members) == 1 else value
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
             raise ValueError(f"{value!r} is not one of {list(typing.get_args(tp))}")

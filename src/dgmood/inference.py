@@ -12,6 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +152,8 @@ def score_cached(
         iwae_k=iwae_k,
     )
     buffer = io.BytesIO()
-    np.savez(buffer, **stats)
+    save: Any = np.savez  # numpy's stub types **arrays as its bool keyword
+    save(buffer, **stats)
     atomic_write_bytes(path, buffer.getvalue())
     return stats
 

@@ -7,8 +7,10 @@ published setting (GPU-scale).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from dgmood.config import DataConfig, RunConfig, TrainConfig
+from dgmood.data.datasets import DATASETS
 from dgmood.models.registry import resolve_model
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -45,22 +47,11 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 }
 
 # Per-family changes to the train presets, so that each `cpu` run fits in ~10 min on 2 cores.
-FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
+FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("vae", "cpu"): {"steps": 1500, "eval_every": 500, "checkpoint_every": 250},
     ("cnn", "cpu"): {"steps": 2000, "eval_every": 500, "checkpoint_every": 500},
     ("pixelcnnpp", "cpu"): {"steps": 500, "batch_size": 32, "lr": 2e-3},
     ("pixelcnnpp", "paper"): {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
-}
-
-DATASET_CHANNELS = {
-    "mnist": 1,
-    "fashion-mnist": 1,
-    "kmnist": 1,
-    "cifar10": 3,
-    "cifar100": 3,
-    "svhn": 3,
-    "celeba": 3,
-    "imagenet32": 3,
 }
 
 
@@ -71,7 +62,8 @@ def run_preset(
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(TRAIN_PRESETS)}")
     if channels is None:
-        channels = DATASET_CHANNELS.get(dataset, 3)
+        # a dataset's native channels; user folders (folder:PATH) default to colour
+        channels = DATASETS[dataset].channels if dataset in DATASETS else 3
     data = DataConfig(dataset=dataset, channels=channels)
     model_config = resolve_model(model, preset)
     overrides = FAMILY_TRAIN_OVERRIDES.get((type(model_config).family, preset), {})

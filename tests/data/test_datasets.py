@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -257,3 +258,24 @@ def test_imagenet32_fixture_npz_format(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetNotFoundError, match="image-net.org"):
         load_dataset("imagenet32", "train", data_dir=tmp_path / "none")
+
+
+def test_extracted_and_copied_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import gzip
+
+    from dgmood.data.datasets import _gunzip
+    from dgmood.data.sources import copy_verified, md5sum
+
+    packed = tmp_path / "raw.gz"
+    packed.write_bytes(gzip.compress(b"idx bytes"))
+    previous = os.umask(0o022)
+    try:
+        _gunzip(packed, tmp_path / "out" / "raw")
+        copy_verified(packed, tmp_path / "copy" / "raw.gz", md5sum(packed))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out" / "raw").read_bytes() == b"idx bytes"
+    assert (tmp_path / "copy" / "raw.gz").read_bytes() == packed.read_bytes()
+    for written in (tmp_path / "out" / "raw", tmp_path / "copy" / "raw.gz"):
+        assert written.stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 would stick
+        assert [p.name for p in written.parent.iterdir()] == [written.name]

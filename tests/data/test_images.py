@@ -16,8 +16,8 @@ from dgmood.data.images import (
     ImageLoadError,
     load_image,
     mnistify,
-    to_channels,
 )
+from dgmood.data.transforms import center_crop_square, to_channels
 
 
 def _drawn_digit(
@@ -206,3 +206,23 @@ def test_to_channels_rejects_bad_inputs() -> None:
         to_channels(torch.zeros(4, 4, dtype=torch.uint8), 3)
     with pytest.raises(ValueError):
         to_channels(torch.zeros(1, 4, 4, dtype=torch.uint8), 2)
+
+
+def test_centre_crop_is_torchvisions_with_round_half_to_even_offsets() -> None:
+    # columns numbered 0..w-1; the offset of the kept square is round(margin / 2)
+    for width, expected_left in [(3, 0), (4, 1), (5, 2), (7, 2), (9, 4)]:
+        columns = np.tile(np.arange(width, dtype=np.uint8), (2, 1))
+        square = np.asarray(center_crop_square(Image.fromarray(columns)))
+        assert square.shape == (2, 2)
+        assert square[0].tolist() == [expected_left, expected_left + 1]
+    tall = Image.fromarray(np.arange(10, dtype=np.uint8).reshape(10, 1).repeat(4, 1))
+    assert np.asarray(center_crop_square(tall))[:, 0].tolist() == [3, 4, 5, 6]
+    assert np.asarray(center_crop_square(tall, 2))[:, 0].tolist() == [4, 5]
+
+
+def test_one_channel_conversion_rounds_luma_where_torchvision_truncates() -> None:
+    import dgmood.data.images as images
+
+    assert not hasattr(images, "to_channels")  # one implementation: dgmood.data.transforms
+    yellow = torch.tensor([255, 255, 0], dtype=torch.uint8).view(3, 1, 1)
+    assert int(to_channels(yellow, 1)) == 226  # 0.886 * 255 = 225.93; uint8 truncation: 225

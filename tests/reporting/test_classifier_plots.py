@@ -33,8 +33,9 @@ def _assert_png(path: Path, returned: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         width, height = image.size
         assert np.asarray(image.convert("L")).std() > 5  # something was drawn
-    leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in path.parent.iterdir() if p.name.endswith(".part")]
     assert leftovers == []
+    assert path.with_suffix(".svg").read_bytes().lstrip().startswith(b"<?xml")
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user writes

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from torch import Tensor
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
 from dgmood.data.imageset import ImageSet
 from dgmood.data.sources import copy_verified, resolve_data_dir, resolve_mirror, verify_md5
+from dgmood.data.transforms import center_crop_square
+from dgmood.io import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -64,17 +65,13 @@ def _not_found(spec_name: str, where: Path) -> DatasetNotFoundError:
 
 
 def _gunzip(source: Path, target: Path) -> None:
-    tmp_fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with gzip.open(source, "rb") as src, os.fdopen(tmp_fd, "wb") as dst:
+        with atomic_path(target) as tmp, gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        os.replace(tmp_name, target)
     except (OSError, EOFError) as err:
         raise CorruptDatasetError(
             f"{source} cannot be decompressed ({err}); delete it and fetch it again"
         ) from err
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _mnist_like(name: str, cls: type[tvd.MNIST]) -> Callable[[LoadRequest], ImageSet]:
@@ -250,17 +247,14 @@ def _load_celeba(req: LoadRequest) -> ImageSet:
         raise CorruptDatasetError(f"cannot read celeba from {folder}: {err}") from err
     out = np.empty((len(dataset.filename), 3, req.size, req.size), dtype=np.uint8)
     for i, filename in enumerate(dataset.filename):
-        with Image.open(folder / "img_align_celeba" / filename) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            left, top = (w - CELEBA_CROP) // 2, (h - CELEBA_CROP) // 2
-            img = img.crop((left, top, left + CELEBA_CROP, top + CELEBA_CROP))
-            img = img.resize((req.size, req.size), Image.Resampling.BICUBIC)
-            out[i] = np.asarray(img).transpose(2, 0, 1)
+        with Image.open(folder / "img_align_celeba" / filename) as photo:
+            face = center_crop_square(photo.convert("RGB"), CELEBA_CROP)
+            face = face.resize((req.size, req.size), Image.Resampling.BICUBIC)
+            out[i] = np.asarray(face).transpose(2, 0, 1)
     labels = dataset.identity[:, 0].to(torch.int64).numpy()
-    tmp = cache.with_suffix(".part.npz")
-    np.savez(tmp, images=out, labels=labels)
-    os.replace(tmp, cache)
+    # a file object, not a name: np.savez would append ".npz" to the temporary name
+    with atomic_path(cache) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, images=out, labels=labels)
     return ImageSet("celeba", req.split, torch.from_numpy(out), torch.from_numpy(labels))
 
 
@@ -268,10 +262,7 @@ def _rgb_square(image: Any, size: int) -> Tensor:
     """Colour photo -> uint8 [3, size, size]: centre crop to a square, then resize."""
     from PIL import Image
 
-    image = image.convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
+    image = center_crop_square(image.convert("RGB"))
     image = image.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
 

@@ -4,7 +4,7 @@ The path, one function a step::
 
     image = load_image("chicken.jpg")            # PIL image; one clear error if unreadable
     x = mnistify(image, size=32)                 # uint8 [1, 32, 32], white strokes on black
-    x = to_channels(x, 3)                        # only if the model wants RGB (explicit)
+    x = to_channels(x, 3)                        # dgmood.data.transforms; only for RGB models
     model_input = to_model_input(x[None], model.input_spec)   # dgmood.data.dequantize
 
 :func:`mnistify` does, in order:
@@ -37,7 +37,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from dgmood.data.errors import DataError
-from dgmood.data.transforms import to_channels as dataset_to_channels
+from dgmood.data.transforms import center_crop_square
 
 SUPPORTED_FORMATS = "PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM (any still image Pillow can decode)"
 MNIST_PAD_FRACTION = 6 / 32  # MNIST: 20x20 digit box centred in 28x28, zero-padded to 32x32
@@ -166,9 +166,7 @@ def mnistify(
     width, height = gray.size
     if width == 0 or height == 0:
         raise ValueError(f"image is empty ({width}x{height})")
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = gray.crop((left, top, left + side, top + side))
+    square = center_crop_square(gray)
 
     if invert is None:
         invert = _border_mean(np.asarray(square)) > 127.5
@@ -182,24 +180,3 @@ def mnistify(
     pixels = np.zeros((size, size), dtype=np.uint8)
     pixels[pad : pad + content_side, pad : pad + content_side] = content_pixels
     return torch.from_numpy(pixels)[None]
-
-
-def to_channels(x_uint8: Tensor, channels: int) -> Tensor:
-    """Convert one uint8 image ``[C, H, W]`` or a batch ``[N, C, H, W]`` to 1 or 3 channels.
-
-    Gray -> RGB repeats the channel; RGB -> gray is ITU-R 601 luma, rounded. The arithmetic
-    is :func:`dgmood.data.transforms.to_channels`, so user images and datasets agree.
-    Returns the input unchanged when it already has ``channels`` channels.
-    """
-    if x_uint8.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images, got {x_uint8.dtype}")
-    if x_uint8.ndim not in (3, 4):
-        raise ValueError(f"expected [C, H, W] or [N, C, H, W], got shape {list(x_uint8.shape)}")
-    current = x_uint8.shape[-3]
-    if channels not in (1, 3) or current not in (1, 3):
-        raise ValueError(f"can convert only between 1 and 3 channels, got {current} -> {channels}")
-    if current == channels:
-        return x_uint8
-    if x_uint8.ndim == 3:
-        return dataset_to_channels(x_uint8[None], channels)[0]
-    return dataset_to_channels(x_uint8, channels)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from dgmood.data.errors import CorruptDatasetError
+from dgmood.io import atomic_path
 
 DATA_ENV = "DGMOOD_DATA"
 MIRROR_ENV = "DGMOOD_MIRROR"
@@ -65,11 +65,5 @@ def verify_md5(path: Path, expected: str | None) -> None:
 def copy_verified(source: Path, target: Path, md5: str | None) -> None:
     """Copy ``source`` to ``target`` atomically after checking the md5 of ``source``."""
     verify_md5(source, md5)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        shutil.copyfile(source, tmp_path)
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

@@ -5,12 +5,19 @@
   chicken post did. Shrinking always resizes with antialiasing.
 - 1 -> 3 channels repeats the gray channel; 3 -> 1 uses ITU-R 601 luma
   (0.299 R + 0.587 G + 0.114 B), rounded. Nothing is converted implicitly.
+- Centre crops (user photos, CelebA's faces) are torchvision's ``center_crop``.
+
+Resizing and luma are computed in float and rounded: torchvision's uint8 kernels truncate
+(``rgb_to_grayscale``: half of all colours one level darker) or use fixed-point arithmetic
+(antialiased ``resize``: ~18% of pixels off by one level), which would shift every dataset.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch import Tensor
 
 from dgmood.data.imageset import ImageSet
@@ -19,17 +26,36 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def to_channels(images: Tensor, channels: int) -> Tensor:
-    """uint8 ``[N, C, H, W]`` with C in {1, 3} -> ``channels`` channels."""
-    have = images.shape[1]
+    """uint8 ``[C, H, W]`` or ``[N, C, H, W]`` with C in {1, 3} -> ``channels`` channels.
+
+    Gray -> RGB repeats the channel; RGB -> gray is ITU-R 601 luma, rounded. Returns the
+    input itself when it already has ``channels`` channels. The one conversion for datasets
+    and user images alike.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected [C, H, W] or [N, C, H, W], got shape {list(images.shape)}")
+    have = images.shape[-3]
+    if channels not in (1, 3) or have not in (1, 3):
+        raise ValueError(f"can convert only between 1 and 3 channels, got {have} -> {channels}")
     if have == channels:
         return images
-    if have == 1 and channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if have == 3 and channels == 1:
-        weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
-        gray = (images.to(torch.float32) * weights).sum(1, keepdim=True)
-        return gray.round().clamp(0, 255).to(torch.uint8)
-    raise ValueError(f"cannot convert {have} channels to {channels}; supported: 1 <-> 3")
+    if channels == 3:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:]).contiguous()
+    weights = torch.tensor(LUMA_WEIGHTS).view(3, 1, 1)
+    gray = (images.to(torch.float32) * weights).sum(-3, keepdim=True)
+    return gray.round().clamp(0, 255).to(torch.uint8)
+
+
+def center_crop_square(image: Image.Image, side: int | None = None) -> Image.Image:
+    """The centred ``side`` x ``side`` square of ``image`` (default side: its shorter edge).
+
+    torchvision's ``center_crop``: an odd margin puts the extra pixel where Python's
+    ``round(margin / 2)`` says (round half to even).
+    """
+    side = min(image.size) if side is None else side
+    return TF.center_crop(image, [side, side])
 
 
 def to_size(images: Tensor, size: int, upscale: str = "pad") -> Tensor:
@@ -49,13 +75,7 @@ def to_size(images: Tensor, size: int, upscale: str = "pad") -> Tensor:
     if upscale == "pad" and height < size and (size - height) % 2 == 0:
         pad = (size - height) // 2
         return F.pad(images, (pad, pad, pad, pad), value=0)
-    resized = F.interpolate(
-        images.to(torch.float32),
-        size=(size, size),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )
+    resized = TF.resize(images.to(torch.float32), [size, size], antialias=True)
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 

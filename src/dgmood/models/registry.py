@@ -12,7 +12,9 @@ from dgmood.config import DataConfig, ModelConfig
 _FAMILIES: dict[str, tuple[type, Callable[[Any, DataConfig], nn.Module]]] = {}
 
 
-def register_family(config_cls: type) -> Callable[[Callable[[Any, DataConfig], nn.Module]], Any]:
+def register_family(
+    config_cls: type[ModelConfig],
+) -> Callable[[Callable[[Any, DataConfig], nn.Module]], Any]:
     """Decorator: ``@register_family(GlowConfig) def build(cfg, data) -> nn.Module``."""
 
     def decorator(builder: Callable[[Any, DataConfig], nn.Module]) -> Any:
@@ -86,7 +88,9 @@ def resolve_model(name: str, preset: str = "cpu") -> ModelConfig:
     _ensure_loaded()
     if name in _ALIASES:
         family, overrides = _ALIASES[name]
-        return dataclasses.replace(model_preset(family, preset), **overrides)
+        base: Any = model_preset(family, preset)  # a frozen dataclass instance
+        replaced: ModelConfig = dataclasses.replace(base, **overrides)
+        return replaced
     if name in _FAMILIES:
         return model_preset(name, preset)
     raise ValueError(f"unknown model {name!r}; known: {model_names()}")

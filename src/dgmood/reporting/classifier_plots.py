@@ -1,8 +1,8 @@
 """Figures of the chicken post: softmax bars, confidence barcode, sorted scores, reconstructions.
 
-Every function takes numpy arrays (torch tensors work too) and an output path, writes the
-figure atomically (temporary file, then rename; the format follows the suffix, PNG by
-default) and returns the path. Figures are drawn on matplotlib's Agg canvas directly, so
+Every function takes numpy arrays (torch tensors work too) and an output ``.png`` path,
+writes the figure there and as SVG beside it (:func:`dgmood.reporting.figures.save_figure`)
+and returns the PNG's path. Figures are drawn on matplotlib's Agg canvas directly, so
 nothing touches pyplot's global state or needs a display.
 
 References:
@@ -11,38 +11,19 @@ References:
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from dgmood.reporting.figures import save_figure
+
 IN_DISTRIBUTION_COLOUR = "tab:blue"  # the post draws in-distribution (MNIST) images in blue
 OUT_OF_DISTRIBUTION_COLOUR = "tab:pink"  # and OOD (FashionMNIST) images in pink
-
-
-def _save(figure: Figure, out_path: str | Path, dpi: int = 120) -> Path:
-    """Write ``figure`` to ``out_path`` via a temporary file in the same folder."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    file_format = out_path.suffix.lstrip(".").lower() or "png"
-    FigureCanvasAgg(figure)
-    # not tempfile.mkstemp: its 0600 mode would stick to the figure after the rename
-    temporary = out_path.parent / f".{out_path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "xb") as stream:
-            figure.savefig(stream, format=file_format, dpi=dpi, bbox_inches="tight")
-        os.replace(temporary, out_path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return out_path
 
 
 def _as_1d(values: object, name: str) -> np.ndarray:
@@ -123,7 +104,7 @@ def plot_class_probabilities(
     expected_axes.set_ylabel("softmax probability")
     if title:
         figure.suptitle(title)
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)
 
 
 def barcode_colours(
@@ -164,7 +145,7 @@ def plot_confidence_barcode(
     axes.legend(
         handles=_legend_handles(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2
     )
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)
 
 
 def _draw_barcode(axes: Axes, colours: list[str], xlabel: str) -> None:
@@ -215,7 +196,7 @@ def plot_sorted_scores(
         barcode_colours(in_scores, out_scores),
         "images sorted by score, increasing \u2192",
     )
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)
 
 
 def plot_reconstructions(
@@ -251,4 +232,4 @@ def plot_reconstructions(
         _show_image(axes[1, index], reconstructions[index])
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("reconstruction")
-    return _save(figure, out_path)
+    return save_figure(figure, out_path)

@@ -1,35 +1,27 @@
-"""Figures of the likelihood experiments (matplotlib, Agg backend, PNG files)."""
+"""Figures of the likelihood experiments (matplotlib without pyplot; PNG + SVG files)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from dgmood.reporting.figures import save_figure
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def plot_bpd_histograms(
     bits_per_dim: Mapping[str, np.ndarray], out_path: Path, title: str = ""
 ) -> Path:
     """Overlaid normalised histograms of bits/dim per set (Nalisnick et al., Figure 1)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), layout="tight")
+    ax = fig.subplots()
     values = np.concatenate([np.asarray(v) for v in bits_per_dim.values()])
     lo, hi = np.percentile(values, [0.5, 99.5])
-    bins = np.linspace(lo, hi, 60)
+    bins = np.linspace(lo, hi, 60).tolist()
     for color, (label, bpd) in zip(PALETTE, bits_per_dim.items(), strict=False):
         ax.hist(
             bpd,
@@ -43,12 +35,13 @@ def plot_bpd_histograms(
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, Path(out_path))
+    return save_figure(fig, out_path)
 
 
 def plot_flow_decomposition(stats: Mapping[str, Mapping[str, np.ndarray]], out_path: Path) -> Path:
     """Histograms of the density term log p(z) and the volume term log|det J| per set."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")
+    axes = fig.subplots(1, 2)
     for ax, key, name in (
         (axes[0], "log_pz", "density term  log p(z)  [nats]"),
         (axes[1], "log_abs_det_jacobian", "volume term  log|det J|  [nats]"),
@@ -62,4 +55,4 @@ def plot_flow_decomposition(stats: Mapping[str, Mapping[str, np.ndarray]], out_p
             ax.hist(s[key], bins=bins, density=True, alpha=0.55, color=color, label=label)
         ax.set_xlabel(name)
         ax.legend()
-    return _save(fig, Path(out_path))
+    return save_figure(fig, out_path)

@@ -255,7 +255,13 @@ class Chicken(Study[ChickenOptions]):
 
     @staticmethod
     def _vae_figures(
-        vae, elbo_mnist, elbo_fashion, digit, photos, names, out: Path
+        vae: LoadedRun,
+        elbo_mnist: np.ndarray,
+        elbo_fashion: np.ndarray,
+        digit: Tensor,
+        photos: Tensor,
+        names: list[str],
+        out: Path,
     ) -> list[Figure]:
         import torch
 

@@ -23,7 +23,7 @@ def run_study(
     values (an unknown option is one clear error naming the known ones).
     """
     cls = study_class(name)
-    known = set(cls.Options.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(cls.Options)}
     unknown = set(options) - known
     if unknown:
         raise ValueError(

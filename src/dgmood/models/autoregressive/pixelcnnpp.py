@@ -16,7 +16,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -28,6 +27,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from dgmood.config import DataConfig, ModelConfig
 from dgmood.models.base import DensityModel, InputSpec
 from dgmood.models.registry import register_family, register_presets
+from dgmood.nn.distributions import discretized_logistic_log_mass
 from dgmood.nn.shifted_conv import (
     DownRightShiftedConv2d,
     DownRightShiftedConvTranspose2d,
@@ -39,7 +39,6 @@ from dgmood.nn.shifted_conv import (
 )
 
 LOG_SCALE_MIN = -7.0  # floor on the logistic log-scale, as in the OpenAI code
-MIN_BIN_MASS = 1e-5  # below this the bin mass is taken as pdf(centre) * bin width
 
 # ---------------------------------------------------------------------------------------
 # Discretized mixture of logistics
@@ -108,53 +107,13 @@ def coupled_means(x: Tensor, means: Tensor, coeffs: Tensor) -> Tensor:
     return torch.stack(channel_means, dim=1)
 
 
-def discretized_logistic_log_mass(
-    x: Tensor, mean: Tensor, log_scale: Tensor, n_bits: int = 8
-) -> Tensor:
-    """Log mass of the quantization bin of ``x`` under a logistic, elementwise (broadcasts).
-
-    ``x`` lies on the grid ``-1 + 2k / (2**n_bits - 1)``. The lowest bin extends to -inf and
-    the highest to +inf, so the masses of all levels sum to 1. Where a bin's mass is below
-    1e-5 (far tails, float32 cancellation) it is approximated by the density at the bin
-    centre times the bin width.
-
-    References:
-        Salimans et al. 2017, PixelCNN++, section 2.1 (OpenAI
-        ``discretized_mix_logistic_loss``).
-    """
-    n_steps = 2**n_bits - 1
-    half_bin = 1.0 / n_steps
-    centered = x - mean
-    inv_scale = torch.exp(-log_scale)
-    plus_in = inv_scale * (centered + half_bin)
-    min_in = inv_scale * (centered - half_bin)
-    mid_in = inv_scale * centered
-    log_cdf_plus = F.logsigmoid(plus_in)  # mass of (-inf, x + half_bin]: the lowest level
-    log_one_minus_cdf_min = F.logsigmoid(-min_in)  # mass of (x - half_bin, inf): the highest
-    # sigmoid(a) - sigmoid(b) cancels when both are near 1; mirror to the side near 0
-    cdf_delta = torch.where(
-        mid_in > 0,
-        torch.sigmoid(-min_in) - torch.sigmoid(-plus_in),
-        torch.sigmoid(plus_in) - torch.sigmoid(min_in),
-    )
-    log_pdf_mid = mid_in - log_scale - 2.0 * F.softplus(mid_in)
-    log_mass_mid = torch.where(
-        cdf_delta > MIN_BIN_MASS,
-        torch.log(cdf_delta.clamp(min=1e-12)),
-        log_pdf_mid + math.log(2.0 * half_bin),
-    )
-    return torch.where(
-        x < -1.0 + half_bin,
-        log_cdf_plus,
-        torch.where(x > 1.0 - half_bin, log_one_minus_cdf_min, log_mass_mid),
-    )
-
-
 def _component_log_mass(x: Tensor, params: Tensor, n_bits: int) -> tuple[Tensor, Tensor]:
     """Per-channel, per-component log masses ``[B, C, K, H, W]`` and log mixture weights."""
     mix = split_mix_logistic_params(params, x.shape[1])
     means = coupled_means(x, mix.means, mix.coeffs)
-    log_mass = discretized_logistic_log_mass(x.unsqueeze(2), means, mix.log_scales, n_bits)
+    log_mass = discretized_logistic_log_mass(
+        x.unsqueeze(2), means, mix.log_scales, low=-1.0, high=1.0, n_levels=2**n_bits
+    )
     return log_mass, F.log_softmax(mix.logit_probs, dim=1)
 
 
@@ -277,6 +236,11 @@ class GatedResNet(nn.Module):
         return x + value * torch.sigmoid(gate)
 
 
+def _blocks(stage: nn.Module) -> list[GatedResNet]:
+    """The gated resnets of one stage (a ModuleList), typed."""
+    return [block for block in stage.children() if isinstance(block, GatedResNet)]
+
+
 class PixelCNNppNetwork(nn.Module):
     """Images ``[B, C, H, W]`` in [-1, 1] -> mixture parameters ``[B, P, H, W]``.
 
@@ -350,8 +314,10 @@ class PixelCNNppNetwork(nn.Module):
         for module in self.modules():
             if isinstance(module, GatedResNet):
                 # residual branches start small so the deep stack starts near identity
+                conv = module.conv_out.conv
+                assert isinstance(conv, nn.Conv2d)
                 with torch.no_grad():
-                    module.conv_out.conv.weight.mul_(0.1)
+                    conv.weight.mul_(0.1)
         for module in list(self.modules()):
             if isinstance(module, nn.ConvTranspose2d):
                 weight_norm(module, dim=1)  # per output channel, like the OpenAI code
@@ -365,7 +331,9 @@ class PixelCNNppNetwork(nn.Module):
         ul = down_shift(self.ul_init_above(x_padded)) + right_shift(self.ul_init_left(x_padded))
         u_skips, ul_skips = [u], [ul]
         for stage in range(self.n_downsample + 1):
-            for u_res, ul_res in zip(self.up_u[stage], self.up_ul[stage], strict=True):
+            for u_res, ul_res in zip(
+                _blocks(self.up_u[stage]), _blocks(self.up_ul[stage]), strict=True
+            ):
                 u = u_res(u)
                 ul = ul_res(ul, u)
                 u_skips.append(u)
@@ -378,7 +346,9 @@ class PixelCNNppNetwork(nn.Module):
 
         u, ul = u_skips.pop(), ul_skips.pop()
         for stage in range(self.n_downsample + 1):
-            for u_res, ul_res in zip(self.down_u[stage], self.down_ul[stage], strict=True):
+            for u_res, ul_res in zip(
+                _blocks(self.down_u[stage]), _blocks(self.down_ul[stage]), strict=True
+            ):
                 u = u_res(u, u_skips.pop())
                 ul = ul_res(ul, torch.cat([u, ul_skips.pop()], dim=1))
             if stage < self.n_downsample:

@@ -60,7 +60,11 @@ class MNISTCNN(Classifier):
             )
         self.config = config
         self.input_spec = InputSpec(
-            shape=tuple(input_shape), n_bits=8, low=0.0, high=1.0, discrete=True
+            shape=(input_shape[0], input_shape[1], input_shape[2]),
+            n_bits=8,
+            low=0.0,
+            high=1.0,
+            discrete=True,
         )
         self.num_classes = config.num_classes
         self.feature_dim = config.hidden_width
@@ -89,7 +93,8 @@ class MNISTCNN(Classifier):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_spec.shape:
             raise ValueError(
                 f"expected images of shape [batch, {', '.join(map(str, self.input_spec.shape))}]"
-                f", got {list(x.shape)}; convert with dgmood.data.images.mnistify/to_channels"
+                f", got {list(x.shape)}; convert with dgmood.data.images.mnistify or "
+                "dgmood.data.transforms.to_channels"
             )
         return self.hidden(self.conv(x))
 

@@ -30,6 +30,9 @@ class Compose(Bijection):
         super().__init__()
         self.bijections = nn.ModuleList(bijections)
 
+    def _steps(self) -> list[Bijection]:
+        return [b for b in self.bijections if isinstance(b, Bijection)]
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])
         for bijection in self.bijections:
@@ -39,7 +42,7 @@ class Compose(Bijection):
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         total = z.new_zeros(z.shape[0])
-        for bijection in reversed(self.bijections):
+        for bijection in reversed(self._steps()):
             z, log_abs_det_jacobian = bijection.inverse(z)
             total = total + log_abs_det_jacobian
         return z, total

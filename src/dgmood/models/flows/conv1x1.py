@@ -48,6 +48,11 @@ class LUInvertibleConv1x1(InvertibleConv1x1):
     References: Kingma & Dhariwal, 2018, section 3.2.
     """
 
+    permutation: Tensor
+    sign_s: Tensor
+    lower_mask: Tensor
+    eye: Tensor
+
     def __init__(self, num_channels: int) -> None:
         nn.Module.__init__(self)
         weight = _random_rotation(num_channels)

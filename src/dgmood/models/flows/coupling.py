@@ -153,6 +153,8 @@ class MaskedCoupling(Coupling):
     References: Dinh et al., "Density estimation using Real NVP", ICLR 2017.
     """
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor, conditioner: nn.Module, transform: ElementwiseTransform):
         super().__init__(conditioner, transform)
         self.register_buffer("mask", mask)

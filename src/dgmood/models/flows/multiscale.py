@@ -28,14 +28,21 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     )
 
 
-class StandardNormalPrior(nn.Module):
+class Prior(nn.Module):
+    """A diagonal Gaussian over latents: ``params(like, context) -> (mean, log_std)``."""
+
+    def params(self, like: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class StandardNormalPrior(Prior):
     """N(0, I), ignoring any context."""
 
     def params(self, like: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return torch.zeros_like(like), torch.zeros_like(like)
 
 
-class LearnedPrior(nn.Module):
+class LearnedPrior(Prior):
     """Gaussian with a learned per-channel mean and log-std (Glow's ``learntop``)."""
 
     def __init__(self, num_channels: int) -> None:
@@ -47,7 +54,7 @@ class LearnedPrior(nn.Module):
         return self.mean.expand_as(like), self.log_std.expand_as(like)
 
 
-class ConditionalPrior(nn.Module):
+class ConditionalPrior(Prior):
     """Gaussian whose mean and log-std come from the kept half through a zero-init conv.
 
     References: Kingma & Dhariwal, 2018 (``split2d_prior``).
@@ -67,10 +74,10 @@ class ConditionalPrior(nn.Module):
 class Split(nn.Module):
     """Factor out the last ``floor(C/2)`` channels as latents with a (conditional) prior."""
 
-    def __init__(self, num_channels: int, prior: nn.Module) -> None:
+    def __init__(self, num_channels: int, prior: Prior) -> None:
         super().__init__()
         self.keep = num_channels - num_channels // 2
-        self.prior = prior
+        self.prior: Prior = prior
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(kept, factored_out, log p(factored_out | kept))``."""
@@ -91,7 +98,7 @@ class MultiscaleFlow(DensityModel):
         input_spec: InputSpec,
         levels: Sequence[Bijection],
         splits: Sequence[Split],
-        top_prior: nn.Module,
+        top_prior: Prior,
     ) -> None:
         super().__init__()
         if len(splits) != len(levels) - 1:
@@ -99,7 +106,7 @@ class MultiscaleFlow(DensityModel):
         self.input_spec = input_spec
         self.levels = nn.ModuleList(levels)
         self.splits = nn.ModuleList(splits)
-        self.top_prior = top_prior
+        self.top_prior: Prior = top_prior
         self._latent_shapes: list[tuple[int, ...]] | None = None
 
     def encode(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
@@ -142,10 +149,14 @@ class MultiscaleFlow(DensityModel):
                 factored = latents[i]
                 if factored is None:
                     like = torch.zeros(n, *shapes[i], **self._factory())
-                    mean, log_std = self.splits[i].prior.params(like, h)
+                    split = self.splits[i]
+                    assert isinstance(split, Split)
+                    mean, log_std = split.prior.params(like, h)
                     factored = mean + temperature * torch.exp(log_std) * torch.randn_like(mean)
                 h = torch.cat([h, factored], dim=1)
-            h, _ = self.levels[i].inverse(h)
+            level = self.levels[i]
+            assert isinstance(level, Bijection)
+            h, _ = level.inverse(h)
         return h
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from torch import nn
+from torch import Tensor
 
 from dgmood.config import DataConfig, ModelConfig
 from dgmood.models.base import InputSpec
@@ -37,6 +37,7 @@ from dgmood.models.flows.multiscale import (
     ConditionalPrior,
     LearnedPrior,
     MultiscaleFlow,
+    Prior,
     Split,
     StandardNormalPrior,
 )
@@ -104,14 +105,14 @@ def build_glow(config: GlowConfig, data: DataConfig) -> MultiscaleFlow:
         levels.append(Compose(steps))
         if level < config.n_levels - 1:
             keep = channels - channels // 2
-            prior: nn.Module = (
+            prior: Prior = (
                 ConditionalPrior(keep, channels // 2)
                 if config.split_prior == "conditional"
                 else StandardNormalPrior()
             )
             splits.append(Split(channels, prior))
             channels = keep
-    top: nn.Module = LearnedPrior(channels) if config.learn_top else StandardNormalPrior()
+    top: Prior = LearnedPrior(channels) if config.learn_top else StandardNormalPrior()
     return MultiscaleFlow(spec, levels, splits, top)
 
 
@@ -159,10 +160,10 @@ def build_realnvp(config: RealNVPConfig, data: DataConfig) -> MultiscaleFlow:
 class _ReverseChannels(Bijection):
     """Reverse the channel order: a permutation, volume preserving."""
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x.flip(1), x.new_zeros(x.shape[0])
 
-    def inverse(self, z):  # type: ignore[no-untyped-def]
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return z.flip(1), z.new_zeros(z.shape[0])
 
 

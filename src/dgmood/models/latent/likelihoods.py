@@ -10,7 +10,6 @@ params_per_subpixel`` numbers per sub-pixel; images ``x`` have shape ``[N, C, H,
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmood.models.base import InputSpec
+from dgmood.nn.distributions import discretized_logistic_log_mass
 
 
 class PixelLikelihood(nn.Module, ABC):
@@ -117,21 +117,12 @@ class CategoricalLikelihood(PixelLikelihood):
         return log_probs.gather(2, index).squeeze(2)
 
 
-def _log1mexp(a: Tensor) -> Tensor:
-    """``log(1 - exp(-a))`` for ``a > 0``, accurate for small and large ``a``.
-
-    References:
-        Maechler, "Accurately Computing log(1 - exp(-|a|))", 2012.
-    """
-    return torch.where(a < math.log(2.0), torch.log(-torch.expm1(-a)), torch.log1p(-torch.exp(-a)))
-
-
 class DiscretizedLogisticLikelihood(PixelLikelihood):
     """One logistic per sub-pixel, integrated over each of the 256 bins.
 
     The first and last bins absorb the tails, ``(-inf, edge]`` and ``[edge, inf)``, so the
-    masses sum to one. Interior bins use ``sigma(a) - sigma(b) = sigma(a) sigma(-b)
-    (1 - exp(b - a))``, which is exact and needs no small-probability fallback.
+    masses sum to one. Computed by
+    :func:`dgmood.nn.distributions.discretized_logistic_log_mass`, shared with PixelCNN++.
 
     References:
         Salimans et al., "PixelCNN++", ICLR 2017; Kingma et al., "Improved Variational
@@ -145,18 +136,8 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
     def log_mass(self, params: Tensor, x: Tensor) -> Tensor:
         location = params[:, :, 0]
         log_scale = params[:, :, 1].clamp(min=self.min_log_scale)
-        inverse_scale = torch.exp(-log_scale)
-        half_bin = 0.5 / (self.n_levels - 1)
-        upper = inverse_scale * (x - location + half_bin)
-        lower = inverse_scale * (x - location - half_bin)
-        log_cdf_upper = F.logsigmoid(upper)
-        log_survival_lower = F.logsigmoid(-lower)
-        interior = log_cdf_upper + log_survival_lower + _log1mexp(upper - lower)
-        index = self.level_index(x)
-        return torch.where(
-            index == 0,
-            log_cdf_upper,
-            torch.where(index == self.n_levels - 1, log_survival_lower, interior),
+        return discretized_logistic_log_mass(
+            x, location, log_scale, low=0.0, high=1.0, n_levels=self.n_levels
         )
 
 

@@ -61,7 +61,9 @@ class ConvDecoder(nn.Module):
 
     @property
     def output_layer(self) -> nn.Conv2d:
-        return self.layers[-1]
+        layer = self.layers[-1]
+        assert isinstance(layer, nn.Conv2d)
+        return layer
 
     def forward(self, z: Tensor) -> Tensor:
         return self.layers(z).unflatten(1, (self.out_channels, self.params_per_subpixel))

@@ -100,6 +100,8 @@ class AffineCoupling(nn.Module):
 
     max_log_scale = 3.0  # soft bound on |log scale| per step; keeps exp(s) from overflowing
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor, context_dim: int, hidden_dim: int) -> None:
         super().__init__()
         dim = mask.numel()
@@ -111,8 +113,10 @@ class AffineCoupling(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden_dim, 2 * dim),
         )
-        nn.init.zeros_(self.conditioner[-1].weight)
-        nn.init.zeros_(self.conditioner[-1].bias)
+        last = self.conditioner[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def _shift_and_log_scale(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         shift, raw_log_scale = self.conditioner(torch.cat([z * self.mask, context], -1)).chunk(
