@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
@@ -201,7 +202,7 @@ class Detector:
             progress=False,
             iwae_k=self.options.iwae_k,
         )
-        labels = images.new_full((len(images),), -1).long()
+        labels = torch.full((len(images),), -1, dtype=torch.long)
         return self.score.score(ScoreInput(stats, images, labels, self.run, label=label))
 
     def screen(self, images: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
