@@ -254,7 +254,7 @@ def _print_result(result: Any, out_dir: Path) -> None:
     for table in result.tables:
         console.print(f"\n[bold]{table.title}[/]")
         console.print(table.to_markdown(), markup=False)
-    console.print(f"[bold]{result.finding}[/]", markup=False)
+    console.print(result.finding, style="bold", markup=False)
     console.print(f"results: {out_dir}")
     if (out_dir / "report.html").exists():
         console.print(f"report: {out_dir / 'report.html'}")
@@ -447,6 +447,82 @@ def reproduce(
 
 @app.command()
 @user_errors
+def benchmark(
+    in_datasets: Annotated[
+        list[str] | None,
+        typer.Option("--in", help="In-distribution dataset(s) the models are trained on."),
+    ] = None,
+    ood: Annotated[
+        list[str] | None,
+        typer.Option("--ood", help="OOD set(s): a dataset name or folder:PATH of your images."),
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Model(s) (see `dgmood models`).")
+    ] = None,
+    score_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--score",
+            help="OOD score(s) (see `dgmood scores`; default: every registered score that "
+            "applies, training the auxiliary runs some need).",
+        ),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="Size preset of the runs: tiny, cpu or paper.")
+    ] = "cpu",
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps of every run.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
+    train_limit: Annotated[
+        int, typer.Option(help="In-distribution training images used to fit scores.")
+    ] = 10_000,
+    out_dir: Annotated[Path, typer.Option(help="Folder for runs and results.")] = Path(
+        "reports/benchmark"
+    ),
+    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
+    data_dir: DataDir = None,
+    mirror: Mirror = None,
+    download: Download = False,
+    device: Device = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """OOD scores on a grid of in-distribution sets x OOD sets x models: AUROC [CI], AUPR,
+    FPR@95TPR and cost per image, in one table (CSV + Markdown).
+
+    Default grid: FashionMNIST -> MNIST and MNIST -> FashionMNIST with glow, pixelcnnpp, vae.
+
+    Example: dgmood benchmark --in fashion-mnist --ood mnist --ood folder:photos/ --model vae
+    """
+    from dgmood.studies import run_study
+
+    options: dict[str, Any] = {"train_limit": train_limit}
+    for key, values in (
+        ("in_datasets", in_datasets),
+        ("ood", ood),
+        ("models", model),
+        ("scores", score_names),
+    ):
+        if values:
+            options[key] = tuple(values)
+    ctx = _context(
+        out_dir,
+        data_dir,
+        mirror,
+        download,
+        preset=preset,
+        steps=steps,
+        limit=limit,
+        device=device,
+        resume=resume,
+        progress=progress,
+    )
+    result = run_study("benchmark", ctx, **options)
+    _print_result(result, out_dir)
+
+
+@app.command()
+@user_errors
 def predict(
     run_dir: Annotated[
         Path, typer.Argument(help="A classifier run (e.g. `dgmood train cnn --dataset mnist`).")
@@ -469,25 +545,74 @@ def predict(
             "probabilities."
         ),
     ] = None,
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            help="A density run on the classifier's data (e.g. the chicken study's VAE): "
+            "reject inputs it finds improbable (the post's simple algorithm)."
+        ),
+    ] = None,
+    score_name: Annotated[
+        str, typer.Option("--score", help="The detector's OOD score (see `dgmood scores`).")
+    ] = "nll",
+    accept: Annotated[
+        float,
+        typer.Option(help="Fraction of in-distribution validation images the rule accepts."),
+    ] = 0.95,
+    data_dir: DataDir = None,
+    mirror: Mirror = None,
+    download: Download = False,
 ) -> None:
-    """Class probabilities of any photo, after the documented MNIST-ify path.
+    """Class probabilities of any photo, after the documented MNIST-ify path; with
+    --detector, whether each input is rejected as OOD.
 
-    Example: dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
+    The threshold is fitted once on the detector's validation images and stored in
+    DETECTOR/thresholds/ (refitted when the detector was trained further).
+
+    Examples:
+      dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
+      dgmood predict reports/chicken/runs/classifier chicken.jpg --detector reports/chicken/runs/vae
     """
-    from dgmood.studies.chicken import predict_files
+    from dgmood.studies.chicken import predict_files, screen_files
 
     predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
-    table = Table("image", "predicted", "confidence", "softmax over classes 0..K-1")
+    screening = None
+    if detector is not None:
+        screening = screen_files(
+            detector,
+            list(images),
+            score_name,
+            accept,
+            invert=invert,
+            sources=_sources(data_dir, mirror, download),
+        )
+    columns = ["image", "predicted", "confidence", "softmax over classes 0..K-1"]
+    if screening is not None:
+        columns += ["OOD?", f"{score_name} percentile"]
+    table = Table(*columns)
     table.columns[0].overflow = "fold"
     table.columns[3].overflow = "fold"
-    for p in predictions:
-        table.add_row(
+    for i, p in enumerate(predictions):
+        row = [
             p.name,
             str(p.predicted_class),
             f"{p.confidence:.4f}",
             " ".join(f"{v:.3f}" for v in p.probabilities),
-        )
+        ]
+        if screening is not None:
+            row += [
+                "rejected" if screening.rejected[i] else "accepted",
+                f"{screening.percentile[i]:.1f}",
+            ]
+        table.add_row(*row)
     console.print(table)
+    if screening is not None:
+        rule = screening.rule
+        console.print(
+            f"reject rule: {rule.score} > {rule.threshold:.4g} (accepts {rule.accept:.0%} of "
+            f"{rule.n} {rule.validation} images; step {rule.step}) stored in {screening.path}",
+            markup=False,
+        )
     for figure in figures:
         console.print(f"figure: {figure}")
 
