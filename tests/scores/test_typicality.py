@@ -7,8 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from dgmood.evaluation.typicality import typicality_batch_auroc
 from dgmood.scores.base import ScoreInput
-from dgmood.scores.typicality import Typicality, fit_typical_set, typicality_batch_auroc
+from dgmood.scores.typicality import Typicality, fit_typical_set
 
 MakeInput = Callable[..., ScoreInput]
 

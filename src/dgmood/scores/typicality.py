@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dgmood.evaluation.metrics import auroc
 from dgmood.scores.base import Score, ScoreInput, register_score
 from dgmood.scores.density import negative_log_likelihood
 
@@ -68,27 +67,6 @@ def fit_typical_set(
         for m in batch_sizes
     }
     return TypicalSet(entropy=entropy, thresholds=thresholds)
-
-
-def typicality_batch_auroc(
-    in_nll: np.ndarray,
-    ood_nll: np.ndarray,
-    entropy: float,
-    batch_sizes: Sequence[int] = BATCH_SIZES,
-    n_batches: int = 1000,
-    seed: int = 0,
-) -> dict[int, float]:
-    """AUROC of the batch score ``|mean NLL of M images - entropy|``, in-test vs OOD, per M.
-
-    Batches are drawn with replacement from each set, ``n_batches`` per set and size.
-    """
-    rng = np.random.default_rng(seed)
-    out = {}
-    for m in batch_sizes:
-        in_scores = np.abs(batch_mean_nll(in_nll, m, n_batches, rng) - entropy)
-        ood_scores = np.abs(batch_mean_nll(ood_nll, m, n_batches, rng) - entropy)
-        out[int(m)] = auroc(in_scores, ood_scores)
-    return out
 
 
 @register_score
