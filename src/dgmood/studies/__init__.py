@@ -16,6 +16,7 @@ from dgmood.studies.runner import evaluate_run, run_study
 # each module registers its study on import (order = the order `dgmood studies` lists them)
 from dgmood.studies import fashion_mnist  # noqa: E402,F401  isort: skip
 from dgmood.studies import chicken  # noqa: E402,F401  isort: skip
+from dgmood.studies import cv_glow  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Study",
