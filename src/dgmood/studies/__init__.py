@@ -17,6 +17,7 @@ from dgmood.studies.runner import evaluate_run, run_study
 from dgmood.studies import fashion_mnist  # noqa: E402,F401  isort: skip
 from dgmood.studies import chicken  # noqa: E402,F401  isort: skip
 from dgmood.studies import cv_glow  # noqa: E402,F401  isort: skip
+from dgmood.studies import chicken_grid  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Study",
