@@ -30,6 +30,16 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=100,
         log_every=25,
     ),
+    # models that need longer than `cpu` to show anything: ~30 min on 2 cores, `cpu` sizes
+    "cpu-long": TrainConfig(
+        steps=6000,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=100,
+        eval_every=1000,
+        checkpoint_every=500,
+        log_every=50,
+    ),
     # Kingma & Dhariwal: Adamax, lr 1e-3 with linear warm-up; batch 64 on one GPU
     "paper": TrainConfig(
         steps=200_000,
@@ -52,6 +62,9 @@ FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, object]] = {
     ("pixelcnnpp", "paper"): {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
 }
 
+# Train presets that reuse another preset's model sizes (there is no `cpu-long` model).
+MODEL_SIZE_OF_TRAIN_PRESET: dict[str, str] = {"cpu-long": "cpu"}
+
 DATASET_CHANNELS = {
     "mnist": 1,
     "fashion-mnist": 1,
@@ -73,7 +86,7 @@ def run_preset(
     if channels is None:
         channels = DATASET_CHANNELS.get(dataset, 3)
     data = DataConfig(dataset=dataset, channels=channels)
-    model_config = resolve_model(model, preset)
+    model_config = resolve_model(model, MODEL_SIZE_OF_TRAIN_PRESET.get(preset, preset))
     overrides = FAMILY_TRAIN_OVERRIDES.get((type(model_config).family, preset), {})
     train = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
     return RunConfig(model=model_config, data=data, train=train, preset=f"{model}/{preset}")

@@ -9,7 +9,7 @@ import torch
 
 from dgmood.config import DataConfig
 from dgmood.data.loading import DataSources
-from dgmood.models.classifiers.cnn import CNNConfig, MNISTCNN
+from dgmood.models.classifiers.cnn import MNISTCNN, CNNConfig
 from dgmood.presets import run_preset
 from dgmood.studies.base import StudyContext
 from dgmood.studies.chicken_grid import (
@@ -55,11 +55,20 @@ def test_finding_picks_the_closest_accurate_cell() -> None:
     assert distance_to_post(post) == 0.0
     far = {"0.99": 0.0, "0.95": 0.0, "0.75": 0.0}
     records: list[dict[str, object]] = [
-        {"cell": "inaccurate", "mnist_accuracy": 0.5, "distance_to_post": 0.0,
-         "fashion_fractions": {str(k): v for k, v in post.items()},
-         "highest_photo_confidence": 1.0},
-        {"cell": "accurate", "mnist_accuracy": 0.99, "distance_to_post": 0.8,
-         "fashion_fractions": far, "highest_photo_confidence": 0.9},
+        {
+            "cell": "inaccurate",
+            "mnist_accuracy": 0.5,
+            "distance_to_post": 0.0,
+            "fashion_fractions": {str(k): v for k, v in post.items()},
+            "highest_photo_confidence": 1.0,
+        },
+        {
+            "cell": "accurate",
+            "mnist_accuracy": 0.99,
+            "distance_to_post": 0.8,
+            "fashion_fractions": far,
+            "highest_photo_confidence": 0.9,
+        },
     ]
     assert "accurate (" in grid_finding(records) and "inaccurate" not in grid_finding(records)
     assert "No cell" in grid_finding(records[:1])

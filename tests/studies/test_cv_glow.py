@@ -42,8 +42,12 @@ def make_channel_diagonal(flow: MultiscaleFlow, generator: torch.Generator) -> N
     with torch.no_grad():
         for module in flow.modules():
             if isinstance(module, ActNorm):
-                module.layer.log_scale.copy_(0.5 * torch.randn(module.layer.log_scale.shape, generator=generator))
-                module.layer.bias.copy_(0.1 * torch.randn(module.layer.bias.shape, generator=generator))
+                module.layer.log_scale.copy_(
+                    0.5 * torch.randn(module.layer.log_scale.shape, generator=generator)
+                )
+                module.layer.bias.copy_(
+                    0.1 * torch.randn(module.layer.bias.shape, generator=generator)
+                )
                 module.layer.initialized.fill_(True)
             elif isinstance(module, LUInvertibleConv1x1):
                 module.permutation.copy_(torch.eye(len(module.log_s)))
@@ -113,7 +117,9 @@ def test_chunked_hessian_matches_autograd_on_a_nonlinear_flow() -> None:
     flow = tiny_cv_glow(2)
     with torch.no_grad():
         for parameter in flow.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+            parameter.add_(
+                0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            )
         for module in flow.modules():
             if hasattr(module, "initialized"):
                 module.initialized.fill_(True)
@@ -167,3 +173,11 @@ def test_cv_glow_study_end_to_end_tiny(tmp_path: Path, mirror: Path) -> None:
     reloaded = json.loads((tmp_path / "report" / "result.json").read_text())
     assert reloaded["study"] == "cv-glow"
     assert isinstance(result, StudyResult)
+
+
+def test_cpu_long_preset_trains_the_cpu_sized_cv_glow_longer() -> None:
+    from dgmood.presets import run_preset
+
+    cpu, long = run_preset("cv-glow", "cpu"), run_preset("cv-glow", "cpu-long")
+    assert long.model == cpu.model
+    assert long.train.steps >= 10 * cpu.train.steps

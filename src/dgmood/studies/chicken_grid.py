@@ -106,9 +106,7 @@ GRID_AXES = ("steps", "regularization", "normalization", "upscale", "optimizer",
 
 def distance_to_post(fractions: dict[float, float]) -> float:
     """Mean absolute difference of the three FashionMNIST fractions from the post's."""
-    return sum(abs(fractions[t] - POST_FASHION_FRACTIONS[t]) for t in THRESHOLDS) / len(
-        THRESHOLDS
-    )
+    return sum(abs(fractions[t] - POST_FASHION_FRACTIONS[t]) for t in THRESHOLDS) / len(THRESHOLDS)
 
 
 @register_study
