@@ -234,7 +234,7 @@ class CVGlowOptions:
     upscale: Literal["pad", "resize"] = "resize"
     in_dataset: str = "fashion-mnist"  # p*: trained on
     ood: str = "mnist"  # q: the OOD test set
-    limit: int = 10_000  # images per test set for the gap and the moments (0 = all)
+    limit: int = 10_000  # images per test set for the gap and moments (0 = all; --limit caps)
     hessian_chunk: int = 64  # Hessian-vector products per batch
 
 
@@ -267,7 +267,7 @@ class CVGlow(Study[CVGlowOptions]):
         check_constant_volume(flow)
         spec = flow.input_spec
         data = run.config.data
-        limit = o.limit or None
+        limit = min((n for n in (o.limit, ctx.limit) if n), default=0)  # 0 = all
         p_set = ctx.load_set(o.in_dataset, "test", data, limit)
         q_set = ctx.load_set(o.ood, "test", data, limit)
         with ctx.timed("score sets"):
