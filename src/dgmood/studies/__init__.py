@@ -23,6 +23,8 @@ from dgmood.studies import graying  # noqa: E402,F401  isort: skip
 from dgmood.studies import over_training  # noqa: E402,F401  isort: skip
 from dgmood.studies import nalisnick2019  # noqa: E402,F401  isort: skip
 from dgmood.studies import benchmark  # noqa: E402,F401  isort: skip
+from dgmood.studies import cv_glow  # noqa: E402,F401  isort: skip
+from dgmood.studies import chicken_grid  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Study",
