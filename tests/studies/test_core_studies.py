@@ -5,6 +5,7 @@ Every number a study reports is recomputed here from the run by an independent p
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +72,13 @@ def test_fashion_mnist_study_numbers_match_an_independent_recomputation(
     assert StudyResult.load(ctx.out_dir).table("ood_metrics").rows == [metrics_row]
 
     # a second run reuses the finished run and the score caches: same numbers
-    again = run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])
+    again = run_study(
+        "fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"], index_dir=tmp_path
+    )
     (again_row,) = again.table("ood_metrics").rows
     assert again_row[:-1] == metrics_row[:-1]  # all but the time it took
+    index = (tmp_path / "index.html").read_text()
+    assert 'href="study/report.html"' in index and html.escape(result.finding) in index
 
 
 def test_unknown_study_option_is_one_clear_error(tmp_path: Path, mirror: Path) -> None:

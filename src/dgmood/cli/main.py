@@ -250,6 +250,9 @@ def _context(
     return StudyContext(out_dir=out_dir, sources=_sources(data_dir, mirror, download), **values)
 
 
+REPORTS_DIR = Path("reports")  # default home of every study's folder
+
+
 def _print_result(result: Any, out_dir: Path) -> None:
     for table in result.tables:
         console.print(f"\n[bold]{table.title}[/]")
@@ -423,7 +426,7 @@ def reproduce(
       dgmood reproduce fashion-mnist --model vae -o iwae_k=100
       dgmood reproduce chicken -o classifier_steps=500 -o photos=[me.jpg]
     """
-    out = out_dir or Path("reports") / study
+    out = out_dir or REPORTS_DIR / study
     overrides = list(option or [])
     if model is not None:
         overrides.insert(0, f"model={model}")
@@ -441,7 +444,8 @@ def reproduce(
     )
     from dgmood.studies import run_study
 
-    result = run_study(study, ctx, overrides)
+    # the default layout reports/<study> gets a reports/index.html of every study
+    result = run_study(study, ctx, overrides, index_dir=None if out_dir else REPORTS_DIR)
     _print_result(result, out)
 
 
