@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -31,6 +32,24 @@ class ModelConfig:
 
     family: ClassVar[str] = ""
 
+    def __post_init__(self) -> None:
+        # the model builders name the valid choices of their Literal fields themselves
+        _check_types(self, "model", literals=False)
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for item in values:
+                if isinstance(item, bool) or not isinstance(item, int | float):
+                    continue
+                if f.name in _PROBABILITIES:
+                    _require(0.0 <= item < 1.0, "model", f.name, "in [0, 1)", value)
+                elif f.name == "n_bits":
+                    _require(1 <= item <= 8, "model", f.name, "in 1..8", value)
+                elif _is_size(f.name):
+                    _require(item >= 1, "model", f.name, ">= 1", value)
+                else:
+                    _require(item >= 0, "model", f.name, ">= 0", value)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.family:
@@ -48,6 +67,41 @@ def model_config_class(family: str) -> type[ModelConfig]:
     return _MODEL_CONFIGS[family]
 
 
+# model-config fields that count or size something, so 0 would build an empty network
+_SIZE_WORDS = ("channels", "width", "dim", "filters", "levels", "steps", "blocks", "resnet")
+_SIZE_NAMES = frozenset({"n_logistic_mix", "n_samples", "num_classes"})
+_PROBABILITIES = frozenset({"dropout"})
+
+
+def _is_size(name: str) -> bool:
+    return name in _SIZE_NAMES or any(word in name for word in _SIZE_WORDS)
+
+
+def _require(ok: bool, section: str, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{section}.{name} must be {rule}, got {value!r}")
+
+
+def _check_types(obj: Any, section: str, literals: bool = True) -> None:
+    """Every field holds its declared type (a Python caller bypasses YAML's coercion).
+
+    ``literals=False`` leaves choices (``Literal``) to the code that uses them.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, tp = getattr(obj, f.name), hints[f.name]
+        if not literals and typing.get_origin(tp) is typing.Literal:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{section}.{f.name} must be finite, got {value!r}")
+        try:
+            ok = _coerce(tp, value) == value
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{section}.{f.name}: {error}") from None
+        if not ok or (tp is int and isinstance(value, bool)):
+            raise ValueError(f"{section}.{f.name}: expected {tp}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "fashion-mnist"  # registry name, see `dgmood datasets`
@@ -59,6 +113,13 @@ class DataConfig:
     val_size: int = 2000  # images of val_split used for validation during training (0 = all)
     train_limit: int = 0  # use only the first N training images (0 = all); for tiny runs
 
+    def __post_init__(self) -> None:
+        _check_types(self, "data")
+        _require(self.image_size >= 1, "data", "image_size", ">= 1", self.image_size)
+        _require(self.channels in (1, 3), "data", "channels", "1 or 3", self.channels)
+        _require(self.val_size >= 0, "data", "val_size", ">= 0", self.val_size)
+        _require(self.train_limit >= 0, "data", "train_limit", ">= 0", self.train_limit)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -68,10 +129,13 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate
     warmup_steps: int = 200  # linear warm-up from 0 to lr
     weight_decay: float = 0.0
+    # probability that each uint8 sub-pixel of a training batch is replaced by a uniform random
+    # level in 0..255, fresh per batch (a likelihood-ratio background model; 0 = off)
+    mutation_rate: float = 0.0
     grad_clip: float = 50.0  # max global grad norm (0 = off)
     seed: int = 0  # seeds parameters, data order and dequantization noise
-    eval_every: int = 500  # validate every N steps (0 = only at the end)
-    checkpoint_every: int = 500  # write a resumable checkpoint every N steps
+    eval_every: int = 500  # validate every N steps (0 = only at the end, < 0 = never)
+    checkpoint_every: int = 500  # write a resumable checkpoint every N steps (0 = at the end)
     log_every: int = 20  # steps between metric log lines
     augment_flip: bool = False  # random horizontal flips (Glow uses none on MNIST-likes)
     channels_last: bool = True  # NHWC memory format: ~1.25x faster convs on CPU
@@ -80,6 +144,16 @@ class TrainConfig:
     # bf16 autocast of the networks (flows keep 1x1 convs, log-dets and priors in fp32);
     # "auto" = bf16 where the CPU/GPU has native bf16, fp32 elsewhere; see docs/speed.md
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+
+    def __post_init__(self) -> None:
+        _check_types(self, "train")
+        for name in ("steps", "batch_size", "log_every"):
+            _require(getattr(self, name) >= 1, "train", name, ">= 1", getattr(self, name))
+        for name in ("warmup_steps", "seed", "checkpoint_every", "num_threads"):
+            _require(getattr(self, name) >= 0, "train", name, ">= 0", getattr(self, name))
+        _require(self.lr > 0, "train", "lr", "> 0", self.lr)
+        _require(self.weight_decay >= 0, "train", "weight_decay", ">= 0", self.weight_decay)
+        _require(self.grad_clip >= 0, "train", "grad_clip", ">= 0 (0 = off)", self.grad_clip)
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -137,7 +211,13 @@ def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ValueError(
             f"unknown field(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(known)}"
         )
-    kwargs = {k: _coerce(hints[k], v) for k, v in data.items() if k in known}
+    kwargs = {}
+    for key, value in data.items():
+        if key in known:
+            try:
+                kwargs[key] = _coerce(hints[key], value)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{cls.__name__}.{key}: {error}") from None
     return cls(**kwargs)
 
 
@@ -153,6 +233,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise ValueError("a run config is a mapping with a 'model' section (and data, train)")
         model_data = dict(data["model"])
         family = model_data.pop("family", None)
         if family is None:
@@ -170,14 +252,27 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> RunConfig:
-        return cls.from_dict(yaml.safe_load(text))
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"not valid YAML: {error}") from None
+        return cls.from_dict(data)
 
     def save(self, path: Path) -> None:
         atomic_write_text(Path(path), self.to_yaml())
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.from_yaml(Path(path).read_text())
+        """Read a config file; a missing, unreadable or invalid one is one ValueError naming it."""
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config {path} is a directory, not a YAML file")
+        try:
+            return cls.from_yaml(path.read_text())
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read config {path}: {error}") from None
+        except ValueError as error:
+            raise ValueError(f"config {path}: {error}") from None
 
 
 def replace_path(obj: Any, dotted: str, value: Any) -> Any:
@@ -192,5 +287,9 @@ def replace_path(obj: Any, dotted: str, value: Any) -> Any:
     if rest:
         return dataclasses.replace(obj, **{head: replace_path(getattr(obj, head), rest, value)})
     hints = typing.get_type_hints(type(obj))
-    parsed = yaml.safe_load(value) if isinstance(value, str) else value
-    return dataclasses.replace(obj, **{head: _coerce(hints[head], parsed)})
+    try:
+        parsed = yaml.safe_load(value) if isinstance(value, str) else value
+        return dataclasses.replace(obj, **{head: _coerce(hints[head], parsed)})
+    except (ValueError, TypeError, yaml.YAMLError) as error:
+        message = str(error)
+        raise ValueError(message if head in message else f"{dotted}: {message}") from None

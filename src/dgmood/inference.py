@@ -23,7 +23,7 @@ from dgmood.data.dequantize import DequantMode, to_model_input
 from dgmood.data.imageset import ImageSet
 from dgmood.io import atomic_write_bytes
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
-from dgmood.runs import SCORES_DIR
+from dgmood.runs import SCORES_DIR, read_score_cache
 
 STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
 
@@ -138,9 +138,9 @@ def score_cached(
     options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
     path = Path(run_dir) / SCORES_DIR / f"{key}.npz"
-    if path.exists():
-        with np.load(path) as stored:
-            return {k: stored[k] for k in stored.files}
+    cached = read_score_cache(path)  # a damaged cache file is removed and recomputed
+    if cached is not None:
+        return cached
     stats = score_images(
         model,
         imageset.images,

@@ -32,6 +32,16 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=100,
         log_every=25,
     ),
+    # models that need longer than `cpu` to show anything: ~30 min on 2 cores, `cpu` sizes
+    "cpu-long": TrainConfig(
+        steps=6000,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=100,
+        eval_every=1000,
+        checkpoint_every=500,
+        log_every=50,
+    ),
     # Kingma & Dhariwal: Adamax, lr 1e-3 with linear warm-up; batch 64 on one GPU
     "paper": TrainConfig(
         steps=200_000,
@@ -54,6 +64,9 @@ FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("pixelcnnpp", "paper"): {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
 }
 
+# Train presets that reuse another preset's model sizes (there is no `cpu-long` model).
+MODEL_SIZE_OF_TRAIN_PRESET: dict[str, str] = {"cpu-long": "cpu"}
+
 
 def run_preset(
     model: str, preset: str = "cpu", dataset: str = "fashion-mnist", channels: int | None = None
@@ -65,7 +78,7 @@ def run_preset(
         # a dataset's native channels; user folders (folder:PATH) default to colour
         channels = DATASETS[dataset].channels if dataset in DATASETS else 3
     data = DataConfig(dataset=dataset, channels=channels)
-    model_config = resolve_model(model, preset)
+    model_config = resolve_model(model, MODEL_SIZE_OF_TRAIN_PRESET.get(preset, preset))
     overrides = FAMILY_TRAIN_OVERRIDES.get((type(model_config).family, preset), {})
     train = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
     return RunConfig(model=model_config, data=data, train=train, preset=f"{model}/{preset}")

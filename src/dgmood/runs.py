@@ -1,45 +1,75 @@
-"""Run directories: file names, loading a trained run, checkpoints, metrics.
+"""Run directories: file names, locking, checkpoints, loading a trained run, metrics.
 
-A run directory holds ``config.yaml``, ``model.safetensors`` (weights and buffers, with the
-config and step in its metadata), ``training_state.pt`` (optimizer, scheduler, RNG and step,
-for exact resume) and ``metrics.jsonl``. It is never silently overwritten.
+A run directory holds:
+
+- ``config.yaml``: the run's config;
+- ``checkpoint.safetensors``: the resumable checkpoint, one file and so one atomic unit
+  (weights, optimizer/scheduler/RNG state and step; no pickle, so loading it runs no code);
+- ``model.safetensors``: the weights of the latest checkpoint, with config and step in its
+  metadata, for :func:`load_run` and anyone else who only needs the model;
+- ``metrics.jsonl``, ``scores/`` (cached statistics) and ``.lock`` (held while training).
+
+Every tensor file carries a SHA-256 of its content in its own metadata and is verified on
+load, so a corrupt or truncated file is one clear :class:`RunDirError`, never a model that
+silently computes garbage. A run directory is never silently overwritten, and two
+processes never train into one (an OS-level lock that dies with its process).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from dgmood.config import RunConfig
-from dgmood.io import atomic_path, atomic_write_bytes
+from dgmood.io import atomic_path, remove_stale_parts
 from dgmood.models.base import Classifier, DensityModel
 from dgmood.models.registry import build_model
 
 MODEL_FILE = "model.safetensors"
-STATE_FILE = "training_state.pt"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 SCORES_DIR = "scores"  # cached per-sample statistics (dgmood.inference)
+LEGACY_STATE_FILE = "training_state.pt"  # pickled state of dgmood < checkpoint.safetensors
+
+FORMAT = "dgmood-2"  # files of this format carry a sha256 of their content
+DIGEST_KEY = "sha256"
+_MODEL_PREFIX = "model/"
+_STATE_PREFIX = "state/"
 
 
 class RunDirError(RuntimeError):
-    """A run directory is missing, incomplete, corrupt, or would be overwritten."""
+    """A run directory is missing, incomplete, corrupt, in use, or would be overwritten."""
+
+
+# --- opening a run directory for training -------------------------------------------------
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    """What is in ``run_dir``, less our lock file and temporary files of killed writers."""
+    return [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".part")]
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to reuse a non-empty ``run_dir`` unless resuming (changes nothing)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file, not a directory")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    if not resume and run_dir.exists() and _run_files(run_dir):
         raise RunDirError(
             f"run directory {run_dir} already exists and is not empty; pass --resume to "
             "continue that run, or choose another --run-dir (nothing was changed)"
@@ -47,42 +77,219 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume and not run_dir.exists():
         raise RunDirError(f"cannot resume: run directory {run_dir} does not exist")
     if resume and not (run_dir / CONFIG_FILE).exists():
-        raise RunDirError(f"cannot resume: {run_dir / CONFIG_FILE} does not exist")
+        raise RunDirError(
+            f"cannot resume: {run_dir / CONFIG_FILE} does not exist (is {run_dir} a run "
+            "directory made by `dgmood train`?)"
+        )
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Check ``run_dir`` (see :func:`check_run_dir`) and create it."""
+@contextlib.contextmanager
+def _exclusive_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``run_dir/.lock``; the OS drops it if we die."""
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RunDirError(
+                f"{run_dir} is in use: another dgmood process (pid {holder}) is training "
+                "into it; wait for it to finish or choose another --run-dir"
+            ) from None
+        # a lock on a file that was unlinked meanwhile would lock nothing
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise RunDirError(f"{run_dir} changed while it was being opened; try again")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def open_run_dir(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Create (or reopen) ``run_dir`` for training, holding its lock for the block.
+
+    Checks it again under the lock (another process may have trained into it meanwhile),
+    removes temporary files that a killed writer left, and, if a new run fails before its
+    first checkpoint, removes what it wrote so that a retry is not blocked.
+    """
     check_run_dir(run_dir, resume)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(run_dir):
+        try:
+            check_run_dir(run_dir, resume)
+            remove_stale_parts(run_dir)
+            yield
+        except BaseException:
+            if not resume and not (run_dir / CHECKPOINT_FILE).exists():
+                for name in (CONFIG_FILE, METRICS_FILE, MODEL_FILE):
+                    (run_dir / name).unlink(missing_ok=True)
+                if created and not _run_files(run_dir):
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
-def _state_dict_for_safetensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage and non-contiguous tensors; clone to be safe
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+# --- tensor files that verify themselves --------------------------------------------------
 
 
-def save_model(model: nn.Module, path: Path, config: RunConfig, step: int) -> None:
-    """Weights + buffers to safetensors, with the run config and step as metadata."""
-    metadata = {"config": config.to_yaml(), "step": str(step), "format": "dgmood-1"}
-    tensors = _state_dict_for_safetensors(model)
+def _content_digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of names, dtypes, shapes and bytes of every tensor, and of the metadata."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_tensor_file(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to safetensors atomically, with a digest of everything in it."""
+    metadata = {**metadata, "format": FORMAT}
+    metadata[DIGEST_KEY] = _content_digest(tensors, metadata)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def _corrupt(path: Path, why: str) -> RunDirError:
+    return RunDirError(
+        f"{path} is corrupt ({why}); it cannot be used. Restore it from a copy, or train "
+        "the run again"
+    )
+
+
+def load_tensor_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, verified against its stored digest.
+
+    Raises :class:`RunDirError` naming the file if it is missing, truncated or altered.
+    """
+    if not path.is_file():
+        raise RunDirError(f"{path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises several types for a damaged header
+        raise _corrupt(path, f"unreadable: {error}") from None
+    stored = metadata.pop(DIGEST_KEY, None)
+    if metadata.get("format") == FORMAT:
+        if stored is None or stored != _content_digest(tensors, metadata):
+            raise _corrupt(path, "its content does not match its sha256 checksum")
+    return tensors, metadata
+
+
+def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """A CPU copy of ``model``'s weights and buffers, as safetensors stores them."""
+    # safetensors refuses shared storage and non-contiguous tensors; clone to be safe
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(
+    model: nn.Module | dict[str, Tensor], path: Path, config: RunConfig, step: int
+) -> None:
+    """Weights + buffers to safetensors, with the run config and step as metadata."""
+    tensors = model if isinstance(model, dict) else model_state_dict(model)
+    save_tensor_file(path, tensors, {"config": config.to_yaml(), "step": str(step)})
+
+
 def read_model_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    """The metadata (config YAML, step) of a model file, without loading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:
+        raise _corrupt(path, f"unreadable: {error}") from None
 
 
-def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+# --- checkpoints: one file, one atomic unit -----------------------------------------------
 
 
-def load_training_state(path: Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    return state
+def _encode(value: Any, tensors: dict[str, Tensor], where: str) -> Any:
+    """A JSON tree of ``value`` whose tensors are moved to ``tensors`` (keys kept typed)."""
+    if isinstance(value, Tensor):
+        tensors[where] = value.detach().to("cpu").contiguous().clone()
+        return {"tensor": where}
+    if isinstance(value, dict):
+        return {"dict": [[k, _encode(v, tensors, f"{where}.{k}")] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v, tensors, f"{where}.{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return {"list": [_encode(v, tensors, f"{where}.{i}") for i, v in enumerate(value)]}
+    if value is None or isinstance(value, bool | int | float | str):
+        return {"value": value}
+    raise TypeError(f"cannot store {type(value).__name__} at {where} in a checkpoint")
+
+
+def _decode(node: Any, tensors: dict[str, Tensor]) -> Any:
+    ((kind, body),) = node.items()
+    if kind == "tensor":
+        return tensors[body]
+    if kind == "dict":
+        return {key: _decode(value, tensors) for key, value in body}
+    if kind == "tuple":
+        return tuple(_decode(v, tensors) for v in body)
+    if kind == "list":
+        return [_decode(v, tensors) for v in body]
+    return body
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a run exactly: weights, training state and step."""
+
+    step: int
+    model_state: dict[str, Tensor]
+    training_state: dict[str, Any]  # optimizer, scheduler, RNG: tensors and plain values
+
+
+def save_checkpoint(run_dir: Path, config: RunConfig, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint in one rename, then export its weights to ``model.safetensors``.
+
+    A kill between the two leaves a complete checkpoint beside the previous model file;
+    resuming rewrites the model file, and :func:`load_run` reads a consistent older model.
+    """
+    tensors = {_MODEL_PREFIX + k: v for k, v in checkpoint.model_state.items()}
+    tree = _encode(checkpoint.training_state, tensors, _STATE_PREFIX.rstrip("/"))
+    metadata = {
+        "config": config.to_yaml(),
+        "step": str(checkpoint.step),
+        "training_state": json.dumps(tree),
+    }
+    save_tensor_file(run_dir / CHECKPOINT_FILE, tensors, metadata)
+    save_model(checkpoint.model_state, run_dir / MODEL_FILE, config, checkpoint.step)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The run's checkpoint, verified; one clear :class:`RunDirError` if it cannot be used."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        if (run_dir / LEGACY_STATE_FILE).exists():
+            raise RunDirError(
+                f"cannot resume {run_dir}: its {LEGACY_STATE_FILE} is a pickle written by an "
+                "older dgmood, which is not loaded because unpickling can run arbitrary code; "
+                "train the run again into a new --run-dir"
+            )
+        raise RunDirError(
+            f"cannot resume {run_dir}: it holds no {CHECKPOINT_FILE} (the run stopped before "
+            "its first checkpoint, or the file was removed); train again into a new --run-dir"
+        )
+    tensors, metadata = load_tensor_file(path)
+    try:
+        tree = json.loads(metadata["training_state"])
+        training_state = _decode(tree, tensors)
+        step = int(metadata["step"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise _corrupt(path, f"malformed training state: {error}") from None
+    model_state = {
+        k.removeprefix(_MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)
+    }
+    return Checkpoint(step, model_state, training_state)
+
+
+# --- loading a trained run ----------------------------------------------------------------
 
 
 @dataclass
@@ -119,24 +326,34 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the model of a run from its config and load its weights (eval mode)."""
+    """Rebuild the model of a run from its config and load its verified weights (eval mode)."""
     run_dir = Path(run_dir)
     weights = run_dir / MODEL_FILE
-    if not weights.exists():
+    if not weights.is_file():
         raise RunDirError(
             f"{weights} not found: is {run_dir} a run directory made by `dgmood train`?"
         )
-    metadata = read_model_metadata(weights)
-    config = RunConfig.from_yaml(metadata["config"])
+    tensors, metadata = load_tensor_file(weights)
+    try:
+        config = RunConfig.from_yaml(metadata["config"])
+        step = int(metadata.get("step", 0))
+    except (KeyError, ValueError, TypeError) as error:
+        raise _corrupt(weights, f"malformed metadata: {error}") from None
     model = build_model(config.model, config.data)
     if not isinstance(model, DensityModel | Classifier):
         raise RunDirError(
             f"{run_dir}: {type(model).__name__} is neither a density model nor a classifier"
         )
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise _corrupt(weights, f"its tensors do not fit its config: {error}") from None
     model.to(device)
     model.eval()
-    return LoadedRun(config, model, int(metadata.get("step", 0)), run_dir)
+    return LoadedRun(config, model, step, run_dir)
+
+
+# --- metrics and cached scores ------------------------------------------------------------
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -145,7 +362,26 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The metric records of a run; a line cut short by a killed writer is skipped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def read_score_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """Cached statistics in ``path``, or None (and the file removed) if absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {k: stored[k] for k in stored.files}
+    except Exception:  # a damaged zip raises zipfile, OS and value errors alike
+        path.unlink(missing_ok=True)
+        return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -145,15 +144,15 @@ def test_to_dict_is_json_ready_and_names_every_metric() -> None:
     assert set(METRIC_DESCRIPTIONS) == set(METRIC_NAMES)
 
 
-def test_bootstrap_of_ten_thousand_by_ten_thousand_is_fast() -> None:
+def test_bootstrap_of_ten_thousand_by_ten_thousand_keeps_the_exact_point_estimate() -> None:
+    # its speed is measured by benchmarks/metrics_bootstrap.py, not asserted here
     rng = np.random.default_rng(2)
     scores_in, scores_out = rng.normal(0, 1, 10_000), rng.normal(1, 2, 10_000)
-    start = time.perf_counter()
-    m = ood_metrics(scores_in, scores_out, n_resamples=1000)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 6.0  # ~1.5 s on a busy 2-core machine; a per-resample sklearn loop: ~60 s
+    m = ood_metrics(scores_in, scores_out, n_resamples=200)
     labels = np.r_[np.zeros(10_000), np.ones(10_000)]
     assert m.auroc == roc_auc_score(labels, np.r_[scores_in, scores_out])
+    low, high = m.ci["auroc"]
+    assert low < m.auroc < high and high - low < 0.03
 
 
 def test_pytorch_ood_agrees_on_random_data() -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.data.imageset import ImageSet
 from dgmood.models.registry import resolve_model
-from dgmood.runs import read_metrics
+from dgmood.runs import load_checkpoint, read_metrics
 from dgmood.training.loop import train
 
 # float32 throughout; the only difference between the runs is the order of float sums
@@ -139,8 +139,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
         val_set=images(32, seed=1),
     )
     assert result.step == 1
-    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=False)
-    assert state["step"] == 1
+    assert load_checkpoint(tmp_path / "run").step == 1
     resumed = train(
         config,
         tmp_path / "run",

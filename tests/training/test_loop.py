@@ -46,7 +46,7 @@ def test_tiny_glow_trains_and_improves_on_real_data(tmp_path: Path, sources: Dat
     result = train(config, tmp_path / "run", sources=sources, progress=False)
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert losses[-1] < losses[0] - 0.3  # bits/dim goes down
-    assert {"config.yaml", "model.safetensors", "training_state.pt", "metrics.jsonl"} <= {
+    assert {"config.yaml", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl"} <= {
         p.name for p in (tmp_path / "run").iterdir()
     }
     loaded = load_run(tmp_path / "run")

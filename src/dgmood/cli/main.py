@@ -62,7 +62,10 @@ IwaeK = Annotated[
 
 
 def user_errors(func: F) -> F:
-    """Turn errors a user can fix into one red line and exit code 2, not a traceback."""
+    """Turn errors a user can fix into one red line and exit code 2, not a traceback.
+
+    Ctrl-C is one line and exit code 130 (files are written atomically, so none is partial).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,6 +78,9 @@ def user_errors(func: F) -> F:
         except (DataError, RunDirError, TrainingDivergedError, ValueError, FileNotFoundError) as e:
             err_console.print(f"[bold red]error:[/] {e}")
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted.[/] Finished results and caches are kept.")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -185,10 +191,15 @@ def train(
     """Train a model; writes config.yaml, model.safetensors, training state and metrics."""
     from dgmood.config import RunConfig, replace_path
     from dgmood.presets import run_preset
+    from dgmood.runs import CONFIG_FILE, check_run_dir
     from dgmood.training import train as train_run
 
-    if resume and run_dir is not None and (run_dir / "config.yaml").exists() and config is None:
-        cfg = RunConfig.load(run_dir / "config.yaml")
+    if resume:
+        if run_dir is None:
+            raise ValueError("--resume needs the --run-dir of the run to continue")
+        check_run_dir(run_dir, resume=True)
+    if resume and run_dir is not None and config is None:
+        cfg = RunConfig.load(run_dir / CONFIG_FILE)
     elif config is not None:
         cfg = RunConfig.load(config)
     elif model is not None:
@@ -223,11 +234,11 @@ def train(
 
 def _report_interrupt(run_dir: Path) -> None:
     """Tell the user where an interrupted run stands and how to continue it."""
-    from dgmood.runs import MODEL_FILE, read_model_metadata
+    from dgmood.runs import CHECKPOINT_FILE, read_model_metadata
 
-    weights = run_dir / MODEL_FILE
-    if weights.exists():
-        step = read_model_metadata(weights).get("step", "?")
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        step = read_model_metadata(checkpoint).get("step", "?")
         err_console.print(
             f"[yellow]interrupted.[/] The last checkpoint (step {step}) is in {run_dir}; "
             f"continue with: dgmood train --resume --run-dir {run_dir}"
@@ -248,12 +259,17 @@ def _context(
     return StudyContext(out_dir=out_dir, sources=_sources(data_dir, mirror, download), **values)
 
 
+REPORTS_DIR = Path("reports")  # default home of every study's folder
+
+
 def _print_result(result: Any, out_dir: Path) -> None:
     for table in result.tables:
         console.print(f"\n[bold]{table.title}[/]")
         console.print(table.to_markdown(), markup=False)
-    console.print(f"[bold]{result.finding}[/]", markup=False)
+    console.print(result.finding, style="bold", markup=False)
     console.print(f"results: {out_dir}")
+    if (out_dir / "report.html").exists():
+        console.print(f"report: {out_dir / 'report.html'}")
 
 
 @app.command()
@@ -419,7 +435,7 @@ def reproduce(
       dgmood reproduce fashion-mnist --model vae -o iwae_k=100
       dgmood reproduce chicken -o classifier_steps=500 -o photos=[me.jpg]
     """
-    out = out_dir or Path("reports") / study
+    out = out_dir or REPORTS_DIR / study
     overrides = list(option or [])
     if model is not None:
         overrides.insert(0, f"model={model}")
@@ -437,8 +453,85 @@ def reproduce(
     )
     from dgmood.studies import run_study
 
-    result = run_study(study, ctx, overrides)
+    # the default layout reports/<study> gets a reports/index.html of every study
+    result = run_study(study, ctx, overrides, index_dir=None if out_dir else REPORTS_DIR)
     _print_result(result, out)
+
+
+@app.command()
+@user_errors
+def benchmark(
+    in_datasets: Annotated[
+        list[str] | None,
+        typer.Option("--in", help="In-distribution dataset(s) the models are trained on."),
+    ] = None,
+    ood: Annotated[
+        list[str] | None,
+        typer.Option("--ood", help="OOD set(s): a dataset name or folder:PATH of your images."),
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Model(s) (see `dgmood models`).")
+    ] = None,
+    score_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--score",
+            help="OOD score(s) (see `dgmood scores`; default: every registered score that "
+            "applies, training the auxiliary runs some need).",
+        ),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="Size preset of the runs: tiny, cpu or paper.")
+    ] = "cpu",
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps of every run.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
+    train_limit: Annotated[
+        int, typer.Option(help="In-distribution training images used to fit scores.")
+    ] = 10_000,
+    out_dir: Annotated[Path, typer.Option(help="Folder for runs and results.")] = Path(
+        "reports/benchmark"
+    ),
+    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
+    data_dir: DataDir = None,
+    mirror: Mirror = None,
+    download: Download = False,
+    device: Device = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """OOD scores on a grid of in-distribution sets x OOD sets x models: AUROC [CI], AUPR,
+    FPR@95TPR and cost per image, in one table (CSV + Markdown).
+
+    Default grid: FashionMNIST -> MNIST and MNIST -> FashionMNIST with glow, pixelcnnpp, vae.
+
+    Example: dgmood benchmark --in fashion-mnist --ood mnist --ood folder:photos/ --model vae
+    """
+    from dgmood.studies import run_study
+
+    options: dict[str, Any] = {"train_limit": train_limit}
+    for key, values in (
+        ("in_datasets", in_datasets),
+        ("ood", ood),
+        ("models", model),
+        ("scores", score_names),
+    ):
+        if values:
+            options[key] = tuple(values)
+    ctx = _context(
+        out_dir,
+        data_dir,
+        mirror,
+        download,
+        preset=preset,
+        steps=steps,
+        limit=limit,
+        device=device,
+        resume=resume,
+        progress=progress,
+    )
+    result = run_study("benchmark", ctx, **options)
+    _print_result(result, out_dir)
 
 
 @app.command()
@@ -465,27 +558,133 @@ def predict(
             "probabilities."
         ),
     ] = None,
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            help="A density run on the classifier's data (e.g. the chicken study's VAE): "
+            "reject inputs it finds improbable (the post's simple algorithm)."
+        ),
+    ] = None,
+    score_name: Annotated[
+        str, typer.Option("--score", help="The detector's OOD score (see `dgmood scores`).")
+    ] = "nll",
+    accept: Annotated[
+        float,
+        typer.Option(help="Fraction of in-distribution validation images the rule accepts."),
+    ] = 0.95,
+    data_dir: DataDir = None,
+    mirror: Mirror = None,
+    download: Download = False,
 ) -> None:
-    """Class probabilities of any photo, after the documented MNIST-ify path.
+    """Class probabilities of any photo, after the documented MNIST-ify path; with
+    --detector, whether each input is rejected as OOD.
 
-    Example: dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
+    The threshold is fitted once on the detector's validation images and stored in
+    DETECTOR/thresholds/ (refitted when the detector was trained further).
+
+    Examples:
+      dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
+      dgmood predict reports/chicken/runs/classifier chicken.jpg --detector reports/chicken/runs/vae
     """
-    from dgmood.studies.chicken import predict_files
+    from dgmood.studies.chicken import predict_files, screen_files
 
     predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
-    table = Table("image", "predicted", "confidence", "softmax over classes 0..K-1")
+    screening = None
+    if detector is not None:
+        screening = screen_files(
+            detector,
+            list(images),
+            score_name,
+            accept,
+            invert=invert,
+            sources=_sources(data_dir, mirror, download),
+        )
+    columns = ["image", "predicted", "confidence", "softmax over classes 0..K-1"]
+    if screening is not None:
+        columns += ["OOD?", f"{score_name} percentile"]
+    table = Table(*columns)
     table.columns[0].overflow = "fold"
     table.columns[3].overflow = "fold"
-    for p in predictions:
-        table.add_row(
+    for i, p in enumerate(predictions):
+        row = [
             p.name,
             str(p.predicted_class),
             f"{p.confidence:.4f}",
             " ".join(f"{v:.3f}" for v in p.probabilities),
-        )
+        ]
+        if screening is not None:
+            row += [
+                "rejected" if screening.rejected[i] else "accepted",
+                f"{screening.percentile[i]:.1f}",
+            ]
+        table.add_row(*row)
     console.print(table)
+    if screening is not None:
+        rule = screening.rule
+        console.print(
+            f"reject rule: {rule.score} > {rule.threshold:.4g} (accepts {rule.accept:.0%} of "
+            f"{rule.n} {rule.validation} images; step {rule.step}) stored in {screening.path}",
+            markup=False,
+        )
     for figure in figures:
         console.print(f"figure: {figure}")
+
+
+@app.command("report")
+@user_errors
+def report(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A study result folder (e.g. reports/fashion-mnist), a run directory "
+            "evaluated by `dgmood evaluate`, or a folder of studies (also writes index.html)."
+        ),
+    ],
+) -> None:
+    """Rebuild the HTML report(s) from the results on disk, without training or scoring.
+
+    Example: dgmood report reports/fashion-mnist
+    """
+    from dgmood.reporting.html import rebuild_reports
+
+    pages = rebuild_reports(path)
+    for page in pages[1:]:
+        console.print(f"report: {page}")
+    console.print(f"report: {pages[0]}" if len(pages) == 1 else f"index: {pages[0]}")
+
+
+@app.command("runs")
+@user_errors
+def runs(
+    root: Annotated[
+        Path, typer.Argument(help="Folder searched recursively for run directories.")
+    ] = Path("."),
+) -> None:
+    """List run directories below ROOT: status, model, dataset, step, last validation metric.
+
+    done: trained to train.steps; interrupted: checkpoint below it (continue with
+    `dgmood train --resume --run-dir RUN`); failed: config.yaml without a model.
+    """
+    from dgmood.reporting.runs_table import list_runs
+
+    found = list_runs(root)
+    if not found:
+        console.print(f"no run directories (config.yaml) below {root}")
+        return
+    table = Table(
+        "run", "status", "model", "dataset", "step", "last validation", title=f"runs below {root}"
+    )
+    table.columns[0].overflow = "fold"
+    colours = {"done": "green", "interrupted": "yellow"}
+    for run in found:
+        step = "-" if run.step is None else str(run.step)
+        if run.steps is not None:
+            step += f" / {run.steps}"
+        last = " ".join(f"{k}={v:.4f}" for k, v in run.last_val.items()) or run.note or "-"
+        colour = colours.get(run.status, "red")
+        shown = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir
+        table.add_row(str(shown), f"[{colour}]{run.status}[/]", run.model, run.dataset, step, last)
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

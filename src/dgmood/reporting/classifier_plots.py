@@ -21,9 +21,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from dgmood.reporting.figures import save_figure
+from dgmood.reporting.style import IN_DISTRIBUTION as IN_DISTRIBUTION_COLOUR
+from dgmood.reporting.style import NEUTRAL, OUT_OF_DISTRIBUTION, styled
 
-IN_DISTRIBUTION_COLOUR = "tab:blue"  # the post draws in-distribution (MNIST) images in blue
-OUT_OF_DISTRIBUTION_COLOUR = "tab:pink"  # and OOD (FashionMNIST) images in pink
+OUT_OF_DISTRIBUTION_COLOUR = OUT_OF_DISTRIBUTION  # the post draws OOD images in pink
 
 
 def _as_1d(values: object, name: str) -> np.ndarray:
@@ -62,6 +63,7 @@ def _show_image(axes: Axes, image: object, title: str = "") -> None:
         axes.set_title(title, fontsize=9)
 
 
+@styled
 def plot_class_probabilities(
     probs: object,
     out_path: str | Path,
@@ -92,7 +94,7 @@ def plot_class_probabilities(
         _show_image(axes[0], image, "input (MNIST-ified)")
     positions = np.arange(num_classes)
     expected_axes, actual_axes = axes[-2], axes[-1]
-    expected_axes.bar(positions, np.full(num_classes, 1.0 / num_classes), color="tab:gray")
+    expected_axes.bar(positions, np.full(num_classes, 1.0 / num_classes), color=NEUTRAL)
     expected_axes.set_title("expected (uniform)", fontsize=9)
     actual_axes.bar(positions, probs, color=OUT_OF_DISTRIBUTION_COLOUR)
     top = int(np.argmax(probs))
@@ -124,6 +126,7 @@ def barcode_colours(
     return [colours[1] if flag else colours[0] for flag in is_out[order]]
 
 
+@styled
 def plot_confidence_barcode(
     in_scores: object,
     out_scores: object,
@@ -164,6 +167,7 @@ def _legend_handles(labels: tuple[str, str]) -> list[Patch]:
     ]
 
 
+@styled
 def plot_sorted_scores(
     in_scores: object,
     out_scores: object,
@@ -199,6 +203,7 @@ def plot_sorted_scores(
     return save_figure(figure, out_path)
 
 
+@styled
 def plot_reconstructions(
     originals: object,
     reconstructions: object,

@@ -9,10 +9,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dgmood.reporting.figures import save_figure
+from dgmood.reporting.style import PALETTE, styled
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
-
+@styled
 def plot_bpd_histograms(
     bits_per_dim: Mapping[str, np.ndarray], out_path: Path, title: str = ""
 ) -> Path:
@@ -20,24 +20,27 @@ def plot_bpd_histograms(
     fig = Figure(figsize=(6, 4), layout="tight")
     ax = fig.subplots()
     values = np.concatenate([np.asarray(v) for v in bits_per_dim.values()])
-    lo, hi = np.percentile(values, [0.5, 99.5])
+    lo, hi = np.percentile(values, [0.1, 99.9])  # keep the tails
     bins = np.linspace(lo, hi, 60).tolist()
     for color, (label, bpd) in zip(PALETTE, bits_per_dim.items(), strict=False):
         ax.hist(
             bpd,
             bins=bins,
             density=True,
-            alpha=0.55,
+            alpha=0.45,
             color=color,
-            label=f"{label} (mean {np.mean(bpd):.2f})",
+            edgecolor=color,
+            histtype="stepfilled",
+            label=f"{label} (mean {np.mean(bpd):.2f} bits/dim)",
         )
-    ax.set_xlabel("bits per dimension (lower = higher likelihood)")
-    ax.set_ylabel("density")
+    ax.set_xlabel("bits/dim (lower = higher likelihood)")
+    ax.set_ylabel("density (fraction of images per bits/dim)")
     ax.set_title(title)
     ax.legend()
     return save_figure(fig, out_path)
 
 
+@styled
 def plot_flow_decomposition(stats: Mapping[str, Mapping[str, np.ndarray]], out_path: Path) -> Path:
     """Histograms of the density term log p(z) and the volume term log|det J| per set."""
     fig = Figure(figsize=(10, 4), layout="tight")
@@ -47,12 +50,22 @@ def plot_flow_decomposition(stats: Mapping[str, Mapping[str, np.ndarray]], out_p
         (axes[1], "log_abs_det_jacobian", "volume term  log|det J|  [nats]"),
     ):
         values = np.concatenate([np.asarray(s[key]) for s in stats.values()])
-        lo, hi = np.percentile(values, [0.5, 99.5])
+        lo, hi = np.percentile(values, [0.1, 99.9])  # keep the tails
         if hi <= lo:
             hi = lo + 1.0
         bins = np.linspace(lo, hi, 60)
         for color, (label, s) in zip(PALETTE, stats.items(), strict=False):
-            ax.hist(s[key], bins=bins, density=True, alpha=0.55, color=color, label=label)
+            ax.hist(
+                s[key],
+                bins=bins,
+                density=True,
+                alpha=0.45,
+                color=color,
+                edgecolor=color,
+                histtype="stepfilled",
+                label=label,
+            )
         ax.set_xlabel(name)
+        ax.set_ylabel("density (fraction of images per nat)")
         ax.legend()
     return save_figure(fig, out_path)

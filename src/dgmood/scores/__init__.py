@@ -17,6 +17,12 @@ from dgmood.scores.base import (
 # each module registers its scores on import (order = the order tables list them)
 from dgmood.scores import density  # noqa: E402,F401  isort: skip
 from dgmood.scores import classifier  # noqa: E402,F401  isort: skip
+from dgmood.scores import likelihood_ratio  # noqa: E402,F401  isort: skip
+from dgmood.scores import complexity  # noqa: E402,F401  isort: skip
+from dgmood.scores import typicality  # noqa: E402,F401  isort: skip
+from dgmood.scores import waic  # noqa: E402,F401  isort: skip
+from dgmood.scores import likelihood_regret  # noqa: E402,F401  isort: skip
+from dgmood.scores import dose  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ModelKind",

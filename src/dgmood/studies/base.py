@@ -176,7 +176,7 @@ def study_class(name: str) -> type[Study[Any]]:
 
 def metric_cells(m: OODMetrics) -> list[Cell]:
     """AUROC [CI], AUPR-in, AUPR-out, FPR@95 (both conventions) as table cells."""
-    low, high = m.ci.get("auroc", (float("nan"), float("nan")))
+    low, high = m.ci.get("auroc", (None, None))  # no interval computed: empty cells
     return [m.auroc, low, high, m.aupr_in, m.aupr_out, m.fpr95_in, m.fpr95_out]
 
 

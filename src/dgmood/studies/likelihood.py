@@ -44,7 +44,8 @@ def select_scores(run: LoadedRun, names: Sequence[str] = ()) -> list[Score]:
     """Scores by name, or every registered score that applies to ``run`` and needs no extra run.
 
     Scores that need auxiliary runs (a background model, an ensemble) are included only when
-    named, since they train models.
+    named, since they train models; so are density scores that run the model per image
+    (likelihood regret: seconds per image on a CPU).
     """
     if names:
         scores = [make_score(n) for n in names]
@@ -55,7 +56,13 @@ def select_scores(run: LoadedRun, names: Sequence[str] = ()) -> list[Score]:
                 )
         return scores
     candidates = [make_score(n) for n in score_names()]
-    return [s for s in candidates if s.applies_to(run) and not s.aux_runs(run.config)]
+    return [
+        s
+        for s in candidates
+        if s.applies_to(run)
+        and not s.aux_runs(run.config)
+        and not (s.uses_model and s.model_kind == "density")
+    ]
 
 
 def set_summary_table(inputs: dict[str, tuple[str, ScoreInput]]) -> Table:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dgmood.evaluation.compare import ScoringOptions
+from dgmood.reporting.html import write_index, write_report
 from dgmood.reporting.result import StudyResult
 from dgmood.runs import load_run
 from dgmood.studies.base import Study, StudyContext, environment, study_class
@@ -15,12 +16,18 @@ from dgmood.studies.likelihood import likelihood_comparison, likelihood_finding
 
 
 def run_study(
-    name: str, ctx: StudyContext, overrides: Sequence[str] = (), **options: Any
+    name: str,
+    ctx: StudyContext,
+    overrides: Sequence[str] = (),
+    *,
+    index_dir: Path | None = None,
+    **options: Any,
 ) -> StudyResult:
     """Run registered study ``name`` in ``ctx`` and write its result into ``ctx.out_dir``.
 
     ``overrides`` are ``key=value`` strings for the study's options; ``options`` are keyword
-    values (an unknown option is one clear error naming the known ones).
+    values (an unknown option is one clear error naming the known ones). With ``index_dir``
+    (a folder of study folders, e.g. ``reports/``), its ``index.html`` is rewritten too.
     """
     cls = study_class(name)
     known = {f.name for f in dataclasses.fields(cls.Options)}
@@ -32,6 +39,9 @@ def run_study(
     study: Study[Any] = cls.with_options(overrides, **options)
     result = study.run(ctx)
     result.write(ctx.out_dir)
+    write_report(result, ctx.out_dir)
+    if index_dir is not None:
+        write_index(index_dir)
     return result
 
 
@@ -73,4 +83,5 @@ def evaluate_run(
         environment=environment(),
     )
     result.write(ctx.out_dir)
+    write_report(result, ctx.out_dir)
     return result

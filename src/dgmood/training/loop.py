@@ -7,7 +7,9 @@ the batches an uninterrupted one would, and (on the same machine) ends bit-ident
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -29,18 +30,21 @@ from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.registry import build_model
 from dgmood.nn.precision import autocast_context
 from dgmood.runs import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
+    LEGACY_STATE_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    STATE_FILE,
+    Checkpoint,
     append_metrics,
     check_run_dir,
-    load_training_state,
-    prepare_run_dir,
+    load_checkpoint,
+    model_state_dict,
+    open_run_dir,
     read_metrics,
     read_model_metadata,
+    save_checkpoint,
     save_model,
-    save_training_state,
 )
 from dgmood.training.budget import budget_exceeded
 
@@ -96,6 +100,18 @@ def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {train.optimizer!r}")
 
 
+def mutate_pixels(images: Tensor, rate: float, generator: torch.Generator) -> Tensor:
+    """A copy of uint8 ``images`` with each sub-pixel replaced by a uniform level w.p. ``rate``.
+
+    References: Ren et al., "Likelihood Ratios for Out-of-Distribution Detection", NeurIPS 2019.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"mutation_rate must lie in [0, 1], got {rate}")
+    replace = torch.rand(images.shape, generator=generator) < rate
+    levels = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
+    return torch.where(replace, levels, images)
+
+
 def _prepare_batch(
     model: nn.Module,
     images: Tensor,
@@ -105,12 +121,16 @@ def _prepare_batch(
     mode: str = "uniform",
     salt: int = 0,
 ) -> Tensor:
+    if config.train.mutation_rate > 0:
+        images = mutate_pixels(
+            images, config.train.mutation_rate, step_generator(config.train.seed, step, salt + 7)
+        )
     if config.train.augment_flip:
         flip = torch.rand(images.shape[0], generator=step_generator(config.train.seed, step, 99))
         images = torch.where(flip.view(-1, 1, 1, 1) < 0.5, images.flip(-1), images)
     x = to_model_input(
         images,
-        model.input_spec,
+        model.input_spec,  # type: ignore[arg-type]
         mode,  # type: ignore[arg-type]
         generator=step_generator(config.train.seed, step, salt),
     )
@@ -166,6 +186,225 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _build_model(config: RunConfig, device: torch.device) -> nn.Module:
+    """The model of ``config``, seeded; a config it cannot be built from is a ValueError."""
+    torch.manual_seed(config.train.seed)
+    try:
+        model = build_model(config.model, config.data)
+    except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as error:
+        family = type(config.model).family
+        raise ValueError(f"cannot build a {family} model from this config: {error}") from None
+    model = model.to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    return model
+
+
+def _load_data(
+    config: RunConfig,
+    sources: DataSources,
+    train_set: ImageSet | None,
+    val_set: ImageSet | None,
+) -> tuple[ImageSet, ImageSet | None]:
+    """The training and validation images (loaded by name unless given)."""
+    data_cfg, train_cfg = config.data, config.train
+    if train_set is None:
+        train_set = sources.load_like(data_cfg.dataset, data_cfg.train_split, data_cfg)
+    train_set = train_set.head(data_cfg.train_limit)
+    if val_set is None and train_cfg.eval_every >= 0:
+        val_set = sources.load_like(data_cfg.dataset, data_cfg.val_split, data_cfg)
+    if val_set is not None:
+        val_set = val_set.head(data_cfg.val_size)
+    if len(train_set) < train_cfg.batch_size:
+        raise ValueError(
+            f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
+        )
+    return train_set, val_set
+
+
+def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
+    """The checkpoint to continue from, after checking it belongs to the same model and data.
+
+    None if the run was stopped before it trained anything (no checkpoint, model or older
+    state file): starting it again from step 0 then loses and repeats nothing.
+    """
+    stored = RunConfig.load(run_dir / CONFIG_FILE)
+    if stored.model != config.model or stored.data != config.data:
+        raise ValueError(
+            f"cannot resume {run_dir}: its model/data config differs from the one given; "
+            f"resume with its stored config: dgmood train --resume --run-dir {run_dir} "
+            "(--set train.* may still change the training settings)"
+        )
+    if not any(
+        (run_dir / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, LEGACY_STATE_FILE)
+    ):
+        return None
+    return load_checkpoint(run_dir)
+
+
+def _term_means(terms: dict[str, Tensor]) -> dict[str, float]:
+    """Batch mean of every per-sample term a model's ``training_loss`` reports."""
+    return {key: float(value.detach().float().mean()) for key, value in terms.items()}
+
+
+@dataclass
+class _Session:
+    """A model, its optimiser and data, and the run directory they are trained into."""
+
+    config: RunConfig
+    run_dir: Path
+    model: nn.Module
+    train_set: ImageSet
+    val_set: ImageSet | None
+    device: torch.device
+    parallel: DataParallel | None = None  # this rank of a data-parallel job (distributed.py)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+    loss_module: nn.Module | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.config)
+        warmup = _lr_lambda(self.config.train.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
+        if self.parallel is not None:
+            self.loss_module = self.parallel.wrap(self.model)  # DDP: averages gradients
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run directory (rank 0, or the only process)."""
+        return self.parallel is None or self.parallel.is_writer
+
+    def global_mean(self, value: Tensor) -> Tensor:
+        """``value`` averaged over data-parallel ranks (itself in a single process)."""
+        return self.parallel.mean(value) if self.parallel is not None else value.detach()
+
+    # -- build / resume
+    @torch.no_grad()
+    def initialise(self) -> None:
+        """Data-dependent initialisation (actnorm) on a larger first batch, as Glow does."""
+        seed = self.config.train.seed
+        idx = batch_indices(len(self.train_set), INIT_BATCH_SIZE, seed, 0)
+        x = _prepare_batch(self.model, self.train_set.images[idx], self.config, -1, self.device)
+        labels = self.train_set.labels[idx].to(self.device)
+        if self.parallel is not None:  # actnorm all-reduces its statistics over the shards
+            x, labels = self.parallel.shard(x), self.parallel.shard(labels)
+        compute_loss(self.model, x, labels)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.model.load_state_dict(checkpoint.model_state)
+        state = checkpoint.training_state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        # forget log lines written after the checkpoint we resume from
+        if not self.writer:
+            return
+        kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= checkpoint.step]
+        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        # a kill between the checkpoint and the model export left an older model file
+        save_model(checkpoint.model_state, self.run_dir / MODEL_FILE, self.config, checkpoint.step)
+
+    # -- the step
+    def loss(self, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of step ``step``'s batch (a pure function of seed and step) and its terms."""
+        train_cfg = self.config.train
+        idx = batch_indices(len(self.train_set), train_cfg.batch_size, train_cfg.seed, step)
+        x = _prepare_batch(self.model, self.train_set.images[idx], self.config, step, self.device)
+        labels = self.train_set.labels[idx].to(self.device)
+        with autocast_context(train_cfg.precision, self.device):
+            if self.parallel is not None and self.loss_module is not None:
+                # every rank prepared the whole global batch; each keeps its slice
+                x, labels = self.parallel.shard(x), self.parallel.shard(labels)
+                loss, terms = self.loss_module(x, labels)
+                return loss, terms
+            return compute_loss(self.model, x, labels)
+
+    def update(self, loss: Tensor) -> float:
+        """One optimiser step on ``loss``; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_clip = self.config.train.grad_clip
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip))
+            if grad_clip > 0
+            else 0.0
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        return grad_norm
+
+    # -- validation
+    def validate(self, step: int) -> dict[str, Any]:
+        """Validation metrics (rank 0 computes them, every rank gets them)."""
+        assert self.val_set is not None
+        metrics = (
+            evaluate_model(self.model, self.val_set, self.config, self.device)
+            if self.writer
+            else {}
+        )
+        if self.parallel is not None:
+            metrics = self.parallel.broadcast(metrics)
+        return {"step": step, **metrics}
+
+    # -- checkpoint
+    def probe_loss(self, step: int) -> float:
+        """Loss of step ``step``'s batch under the current weights, changing nothing.
+
+        No gradient; the RNG and buffers (batch-norm statistics) are restored afterwards,
+        so a run that probes ends bit-identical to one that does not.
+        """
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            loss, _ = self.loss(step)
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(buffers[name])
+        return float(self.global_mean(loss))
+
+    def weights_are_finite(self) -> bool:
+        return all(
+            bool(torch.isfinite(v).all())
+            for v in self.model.state_dict().values()
+            if v.is_floating_point()
+        )
+
+    def checkpoint(self, step: int) -> None:
+        """Write a resumable checkpoint of ``step`` once its weights are known to be good."""
+        if not self.weights_are_finite() or not math.isfinite(self.probe_loss(step)):
+            raise _Diverged(step)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.writer:
+            with deferred_interrupts():
+                weights = model_state_dict(self.model)
+                save_checkpoint(self.run_dir, self.config, Checkpoint(step, weights, state))
+        if self.parallel is not None:  # no rank reads the run dir before it is written
+            self.parallel.barrier()
+
+
+class _Diverged(Exception):
+    """Raised inside the loop at the step whose loss (or weights, if ``loss`` is None) is not
+    finite."""
+
+    def __init__(self, step: int, loss: float | None = None) -> None:
+        super().__init__(step, loss)
+        self.step, self.loss = step, loss
+
+
+def _diverged_error(error: _Diverged, last_good_step: int, run_dir: Path) -> TrainingDivergedError:
+    what = "weights or loss not finite" if error.loss is None else f"loss {error.loss}"
+    return TrainingDivergedError(
+        f"training diverged at step {error.step} ({what}) and stopped. The last good "
+        f"checkpoint (step {last_good_step}) is kept in {run_dir}: its weights and loss were "
+        "checked finite. Lower train.lr or train.grad_clip, or raise train.warmup_steps "
+        "(e.g. --set train.lr=1e-4), then resume or restart."
+    )
+
+
 def train(
     config: RunConfig,
     run_dir: str | os.PathLike[str],
@@ -181,98 +420,50 @@ def train(
     """Train ``config`` into ``run_dir`` (or continue it with ``resume=True``).
 
     ``train_set``/``val_set`` override loading by name (already in the model's format).
+    Everything that can be rejected (the run dir, the data, the model config) is checked
+    before the run dir is created. Raises :class:`TrainingDivergedError` on a NaN/inf loss
+    or weights, keeping the last checkpoint whose weights and loss were checked finite.
     ``parallel``: this process's rank in a data-parallel job
     (:mod:`dgmood.training.distributed`); only rank 0 writes ``run_dir``.
-    Raises :class:`TrainingDivergedError` on a NaN/inf loss, keeping the last checkpoint.
     """
     run_dir = Path(run_dir)
-    sources = sources or DataSources()
     check_run_dir(run_dir, resume)
-    train_cfg, data_cfg = config.train, config.data
-    if train_cfg.num_threads > 0:
-        torch.set_num_threads(train_cfg.num_threads)
+    if config.train.num_threads > 0:
+        torch.set_num_threads(config.train.num_threads)
     dev = _device(device)
-    if train_set is None:
-        train_set = sources.load_like(data_cfg.dataset, data_cfg.train_split, data_cfg)
-    train_set = train_set.head(data_cfg.train_limit)
-    if val_set is None and train_cfg.eval_every >= 0:
-        val_set = sources.load_like(data_cfg.dataset, data_cfg.val_split, data_cfg)
-    if val_set is not None:
-        val_set = val_set.head(data_cfg.val_size)
-    if len(train_set) < train_cfg.batch_size:
-        raise ValueError(
-            f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
-        )
-
+    train_set, val_set = _load_data(config, sources or DataSources(), train_set, val_set)
+    model = _build_model(config, dev)
     writer = parallel is None or parallel.is_writer
     if parallel is not None:  # every rank has checked run_dir before rank 0 creates it
         parallel.barrier()
-    if writer:
-        prepare_run_dir(run_dir, resume)  # only now: a bad dataset leaves nothing behind
-    if parallel is not None:
-        parallel.barrier()
-    state: dict[str, Any] | None = None
-    if resume and (run_dir / STATE_FILE).exists():
-        stored = RunConfig.load(run_dir / CONFIG_FILE)
-        if stored.model != config.model or stored.data != config.data:
-            raise ValueError(
-                f"cannot resume {run_dir}: its model/data config differs from the one given; "
-                "resume with the stored config (dgmood train --resume RUN_DIR)"
-            )
-        state = load_training_state(run_dir / STATE_FILE)
-    if writer:
-        config.save(run_dir / CONFIG_FILE)
-
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(config.model, data_cfg).to(dev)
-    if train_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    if state is None:
-        # data-dependent init (actnorm) on a larger first batch, as Glow does
-        init_idx = batch_indices(len(train_set), INIT_BATCH_SIZE, train_cfg.seed, 0)
-        with torch.no_grad():
-            x = _prepare_batch(model, train_set.images[init_idx], config, -1, dev)
-            labels = train_set.labels[init_idx].to(dev)
-            if parallel is not None:  # actnorm all-reduces its statistics over the shards
-                x, labels = parallel.shard(x), parallel.shard(labels)
-            compute_loss(model, x, labels)
-    optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(train_cfg.warmup_steps))
-    start_step = 0
-    if state is not None:
-        model.load_state_dict(load_file(str(run_dir / MODEL_FILE)))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step = int(state["step"])
-        # forget log lines written after the checkpoint we resume from
-        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step]
-        if writer:
-            atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-    loss_model = parallel.wrap(model) if parallel is not None else None
-
-    def checkpoint(step: int) -> None:
-        if writer:
-            with deferred_interrupts():  # weights and state must describe the same step
-                _write_checkpoint(step)
+    with open_run_dir(run_dir, resume) if writer else contextlib.nullcontext():
         if parallel is not None:
             parallel.barrier()
+        resume_from = _resume_point(config, run_dir) if resume else None
+        if writer:
+            config.save(run_dir / CONFIG_FILE)
+        session = _Session(config, run_dir, model, train_set, val_set, dev, parallel)
+        if resume_from is None:
+            session.initialise()
+            start_step = 0
+        else:
+            session.restore(resume_from)
+            start_step = resume_from.step
+        history, seconds, stopped_at = _run_steps(session, start_step, progress)
+    model.eval()
+    final_step = stopped_at if stopped_at is not None else max(start_step, config.train.steps)
+    return TrainResult(run_dir, model, final_step, history, seconds)
 
-    def _write_checkpoint(step: int) -> None:
-        save_model(model, run_dir / MODEL_FILE, config, step)
-        save_training_state(
-            run_dir / STATE_FILE,
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
 
-    if state is None:
-        checkpoint(0)  # so that a divergence always leaves a good checkpoint behind
+def _run_steps(
+    session: _Session, start_step: int, progress: bool
+) -> tuple[list[dict[str, Any]], float, int | None]:
+    """Steps ``start_step..steps``: update, log, validate, checkpoint.
+
+    Returns the log, the seconds taken and the step where the time budget stopped the run
+    (None when it ran to the end).
+    """
+    train_cfg, run_dir = session.config.train, session.run_dir
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     bar = tqdm(
@@ -285,89 +476,66 @@ def train(
     running: dict[str, float] = {}
     running_count = 0
     last_good_step = start_step
-    stopped_at: int | None = None  # the step where the time budget ran out
-    for step in range(start_step, train_cfg.steps):
-        idx = batch_indices(len(train_set), train_cfg.batch_size, train_cfg.seed, step)
-        x = _prepare_batch(model, train_set.images[idx], config, step, dev)
-        labels = train_set.labels[idx].to(dev)
-        with autocast_context(train_cfg.precision, dev):
-            if parallel is not None and loss_model is not None:
-                x, labels = parallel.shard(x), parallel.shard(labels)
-                loss, terms = loss_model(x, labels)
-            else:
-                loss, terms = compute_loss(model, x, labels)
-        # the global batch's loss, so that every rank takes the same decisions
-        global_loss = parallel.mean(loss) if parallel is not None else loss
-        if not torch.isfinite(global_loss):
-            bar.close()
-            raise TrainingDivergedError(
-                f"loss became {global_loss.item()} at step {step}; training stopped. The last good "
-                f"checkpoint (step {last_good_step}) is kept in {run_dir}. Lower --set "
-                "train.lr, raise train.warmup_steps or train.grad_clip, and resume or restart."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            if train_cfg.grad_clip > 0
-            else torch.tensor(0.0)
-        )
-        optimizer.step()
-        scheduler.step()
-        done = step + 1
-        running["loss"] = running.get("loss", 0.0) + global_loss.item()
-        for key, value in terms.items():
-            if key in ("accuracy", "kl", "reconstruction"):
-                running[key] = running.get(key, 0.0) + float(value.detach().float().mean())
-        running_count += 1
-        bar.update(1)
-        if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-            record = {k: v / running_count for k, v in running.items()}
-            record.update(
-                step=done,
-                lr=scheduler.get_last_lr()[0],
-                grad_norm=float(grad_norm),
-                seconds=time.perf_counter() - started,
-            )
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "accuracy")})
-            if writer:
-                append_metrics(run_dir, record)
-            history.append(record)
-            running, running_count = {}, 0
-        is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
-        if val_set is not None and (is_eval or done == train_cfg.steps):
-            metrics = evaluate_model(model, val_set, config, dev) if writer else {}
-            if parallel is not None:
-                metrics = parallel.broadcast(metrics)
-            record = {"step": done, **metrics}
-            if writer:
-                append_metrics(run_dir, record)
-            history.append(record)
-            if progress:
-                bar.write(
-                    " ".join(
+    stopped_at: int | None = None
+    try:
+        if start_step == 0:
+            session.checkpoint(0)  # so that a divergence always leaves a good checkpoint behind
+        for step in range(start_step, train_cfg.steps):
+            loss, terms = session.loss(step)
+            global_loss = session.global_mean(loss)  # every rank takes the same decisions
+            if not torch.isfinite(global_loss):
+                raise _Diverged(step, global_loss.item())
+            grad_norm = session.update(loss)
+            done = step + 1
+            for key, value in {"loss": global_loss.item(), **_term_means(terms)}.items():
+                running[key] = running.get(key, 0.0) + value
+            running_count += 1
+            bar.update(1)
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                record = {k: v / running_count for k, v in running.items()}
+                record.update(
+                    step=done,
+                    lr=float(session.scheduler.get_last_lr()[0]),
+                    grad_norm=grad_norm,
+                    seconds=time.perf_counter() - started,
+                )
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if session.writer:
+                    append_metrics(run_dir, record)
+                history.append(record)
+                running, running_count = {}, 0
+            is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
+            if session.val_set is not None and (is_eval or done == train_cfg.steps):
+                record = session.validate(done)
+                if session.writer:
+                    append_metrics(run_dir, record)
+                history.append(record)
+                if progress:
+                    values = (
                         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in record.items()
                     )
-                )
-        if (train_cfg.checkpoint_every > 0 and done % train_cfg.checkpoint_every == 0) or (
-            done == train_cfg.steps
-        ):
-            checkpoint(done)
-            last_good_step = done
-        if done < train_cfg.steps and budget_exceeded(started, train_cfg.budget_minutes, parallel):
-            if last_good_step != done:
-                checkpoint(done)
-            stopped_at = done
-            if progress:
-                bar.write(f"time budget of {train_cfg.budget_minutes} min reached at step {done}")
-            break
-    bar.close()
-    if start_step >= train_cfg.steps and not (run_dir / MODEL_FILE).exists():
-        checkpoint(start_step)
-    model.eval()
-    final_step = stopped_at if stopped_at is not None else max(start_step, train_cfg.steps)
-    return TrainResult(run_dir, model, final_step, history, time.perf_counter() - started)
+                    bar.write(" ".join(values))
+            every = train_cfg.checkpoint_every
+            if (every > 0 and done % every == 0) or done == train_cfg.steps:
+                session.checkpoint(done)
+                last_good_step = done
+            if done < train_cfg.steps and budget_exceeded(
+                started, train_cfg.budget_minutes, session.parallel
+            ):
+                if last_good_step != done:
+                    session.checkpoint(done)
+                stopped_at = done
+                if progress:
+                    bar.write(
+                        f"time budget of {train_cfg.budget_minutes} min reached at step {done}"
+                    )
+                break
+    except _Diverged as error:
+        raise _diverged_error(error, last_good_step, run_dir) from None
+    finally:
+        bar.close()
+    return history, time.perf_counter() - started, stopped_at
 
 
 def train_or_reuse(

@@ -14,7 +14,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
@@ -34,6 +34,17 @@ class CNNConfig(ModelConfig):
     dropout: float = 0.3  # dropout probability on the features before the linear head
     num_classes: int = 10  # number of output classes (logits)
     batch_norm: bool = True  # BatchNorm after each conv (False: the post's plain CNN)
+    # how the [0, 1] pixels enter the first conv: as they are ("unit"), standardised with
+    # MNIST's training mean and std ("standardize", the PyTorch MNIST example), or as 2x - 1
+    input_normalization: Literal["unit", "standardize", "symmetric"] = "unit"
+
+
+# (shift, scale) of each input normalisation: the first conv sees (x - shift) / scale
+INPUT_NORMALIZATIONS: dict[str, tuple[float, float]] = {
+    "unit": (0.0, 1.0),
+    "standardize": (0.1307, 0.3081),  # MNIST training-set pixel mean and std
+    "symmetric": (0.5, 0.5),
+}
 
 
 class MNISTCNN(Classifier):
@@ -58,6 +69,12 @@ class MNISTCNN(Classifier):
             raise ValueError(
                 f"input {input_shape} is too small for {len(config.channels)} pooling blocks"
             )
+        if config.input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(
+                f"input_normalization must be one of {sorted(INPUT_NORMALIZATIONS)}, "
+                f"got {config.input_normalization!r}"
+            )
+        self.input_shift, self.input_scale = INPUT_NORMALIZATIONS[config.input_normalization]
         self.config = config
         self.input_spec = InputSpec(
             shape=(input_shape[0], input_shape[1], input_shape[2]),
@@ -96,7 +113,7 @@ class MNISTCNN(Classifier):
                 f", got {list(x.shape)}; convert with dgmood.data.images.mnistify or "
                 "dgmood.data.transforms.to_channels"
             )
-        return self.hidden(self.conv(x))
+        return self.hidden(self.conv((x - self.input_shift) / self.input_scale))
 
     def head(self, features: Tensor) -> Tensor:
         """Logits ``[B, num_classes]`` from penultimate features."""

@@ -1,0 +1,148 @@
+"""Input complexity: bits/dim minus the length a lossless image compressor needs.
+
+References: Serra, Alvarez, Gomez, Slizovskaia, Nunez & Luque, "Input complexity and
+out-of-distribution detection with likelihood-based generative models", ICLR 2020.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from functools import cache
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from dgmood.scores.base import Score, ScoreInput, register_score
+from dgmood.scores.density import negative_log_likelihood
+
+Encoder = Callable[[np.ndarray], bytes]  # uint8 [H, W] or [H, W, 3] -> compressed bytes
+
+
+def _pillow_encoder(fmt: str, **options: object) -> Encoder:
+    def encode(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    return encode
+
+
+def _jpeg_xl_lossless(image: np.ndarray) -> bytes:
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ValueError("complexity-jxl needs imagecodecs: pip install imagecodecs") from None
+    return bytes(imagecodecs.jpegxl_encode(image, lossless=True, effort=5))
+
+
+# every codec is lossless; WebP method 4 and JPEG XL effort 5 compress 32x32 images within
+# 0.3% of their slowest settings (method 6, effort 9) at 1/6 to 1/40 of the time
+CODECS: dict[str, Encoder] = {
+    "png": _pillow_encoder("PNG", optimize=True, compress_level=9),
+    "jp2": _pillow_encoder("JPEG2000", irreversible=False),  # reversible 5/3 wavelet
+    "webp": _pillow_encoder("WEBP", lossless=True, quality=100, method=4),
+    "jxl": _jpeg_xl_lossless,
+}
+
+
+def _as_arrays(images: Tensor) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` -> ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` (RGB) for the codecs."""
+    array = images.numpy()
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise ValueError(
+            f"expected uint8 images [N, 1 or 3, H, W], got {array.dtype} {list(array.shape)}"
+        )
+    return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
+
+
+@cache
+def _overhead_bytes(codec: str, shape: tuple[int, ...]) -> int:
+    """Compressed size of an all-zero image: the codec's headers and container."""
+    return len(CODECS[codec](np.zeros(shape, dtype=np.uint8)))
+
+
+def compressed_bits_per_dim(images: Tensor, codec: str) -> np.ndarray:
+    """Lossless compressed length ``L(x)`` of each image in bits per dimension.
+
+    Each uint8 image is compressed exactly as stored (same size and channels as the main
+    run's input: 1-channel grayscale or 3-channel RGB). The size of an all-zero image of the
+    same shape is subtracted, so that a constant image costs about 0 bits and ``L(x)`` counts
+    content, not headers (a constant shift that does not change any ranking).
+    """
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; known: {sorted(CODECS)}")
+    arrays = _as_arrays(images)
+    if len(arrays) == 0:
+        return np.zeros(0)
+    overhead = _overhead_bytes(codec, arrays.shape[1:])
+    encode = CODECS[codec]
+    sizes = np.array([len(encode(np.ascontiguousarray(a))) for a in arrays], dtype=np.float64)
+    return 8.0 * (sizes - overhead) / arrays[0].size
+
+
+def input_complexity_score(
+    bits_per_dim: np.ndarray, complexity_bits_per_dim: np.ndarray
+) -> np.ndarray:
+    """``S(x) = -log2 p(x) / D - L(x)``: likelihood beyond what a generic compressor explains."""
+    return np.asarray(bits_per_dim, dtype=np.float64) - np.asarray(complexity_bits_per_dim)
+
+
+class InputComplexity(Score):
+    """Base of the compressor-specific input-complexity scores."""
+
+    codec: ClassVar[str]
+    needs_stats = ("bits_per_dim",)
+
+    def score(self, data: ScoreInput) -> np.ndarray:
+        return input_complexity_score(
+            negative_log_likelihood(data.stats), compressed_bits_per_dim(data.images, self.codec)
+        )
+
+
+@register_score
+class InputComplexityPNG(InputComplexity):
+    """Bits/dim minus the PNG (deflate, level 9) length in bits/dim.
+
+    References: Serra et al., "Input complexity and out-of-distribution detection with
+    likelihood-based generative models", ICLR 2020.
+    """
+
+    name = "complexity-png"
+    codec = "png"
+
+
+@register_score
+class InputComplexityJPEG2000(InputComplexity):
+    """Bits/dim minus the lossless JPEG 2000 length in bits/dim.
+
+    References: Serra et al., "Input complexity and out-of-distribution detection with
+    likelihood-based generative models", ICLR 2020.
+    """
+
+    name = "complexity-jp2"
+    codec = "jp2"
+
+
+@register_score
+class InputComplexityWebP(InputComplexity):
+    """Bits/dim minus the lossless WebP length in bits/dim.
+
+    References: Serra et al., ICLR 2020 (the compressor is a later lossless codec).
+    """
+
+    name = "complexity-webp"
+    codec = "webp"
+
+
+@register_score
+class InputComplexityJPEGXL(InputComplexity):
+    """Bits/dim minus the lossless JPEG XL (effort 5) length in bits/dim.
+
+    References: Serra et al., ICLR 2020 (the compressor is a later lossless codec).
+    """
+
+    name = "complexity-jxl"
+    codec = "jxl"
