@@ -47,7 +47,12 @@ class Compose(Bijection):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.memory_light and torch.is_grad_enabled():
-            return reversible_forward(self._steps(), x)
+            steps = self._steps()
+            if self.fold:
+                from dgmood.models.flows.fused import fold_pairs
+
+                steps = fold_pairs(steps)
+            return reversible_forward(steps, x)
         if self.fold:
             # fused.py builds on the bijections defined beside this one
             from dgmood.models.flows.fused import fused_forward

@@ -58,3 +58,46 @@ def fused_forward(steps: Sequence[Bijection], x: Tensor) -> tuple[Tensor, Tensor
         total = total + log_abs_det_jacobian
         i += 1
     return x, total
+
+
+class FoldedActNormConv(Bijection):
+    """An (actnorm, 1x1 conv) pair as one bijection: one conv forward, both inverses back.
+
+    Built on the fly around a model's own layers (it holds no parameters of its own), so that
+    step-by-step procedures such as memory-light backprop get the folded forward too.
+    """
+
+    def __init__(self, actnorm: ActNorm, conv: InvertibleConv1x1) -> None:
+        super().__init__()
+        self.actnorm = actnorm
+        self.conv = conv
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.actnorm.training and not bool(self.actnorm.layer.initialized):
+            h, log_det_norm = self.actnorm(x)  # data-dependent init sees the real input
+            z, log_det_conv = self.conv(h)
+            return z, log_det_norm + log_det_conv
+        weight, bias, log_det = _folded(self.actnorm, self.conv)
+        z = mix_channels(x, weight, bias)
+        return z, (spatial_size(x) * log_det).expand(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h, log_det_conv = self.conv.inverse(z)
+        x, log_det_norm = self.actnorm.inverse(h)
+        return x, log_det_conv + log_det_norm
+
+
+def fold_pairs(steps: Sequence[Bijection]) -> list[Bijection]:
+    """``steps`` with every (actnorm, invertible 1x1 conv) pair as one folded bijection."""
+    out: list[Bijection] = []
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        following = steps[i + 1] if i + 1 < len(steps) else None
+        if isinstance(step, ActNorm) and isinstance(following, InvertibleConv1x1):
+            out.append(FoldedActNormConv(step, following))
+            i += 2
+        else:
+            out.append(step)
+            i += 1
+    return out
