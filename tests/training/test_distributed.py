@@ -182,3 +182,16 @@ def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
         )
         losses[precision] = [r["loss"] for r in result.history if "loss" in r]
     assert losses["auto"] == pytest.approx(losses["fp32"], rel=2e-2)
+
+
+def test_bf16_training_is_refused_for_models_not_checked_under_it(tmp_path: Path) -> None:
+    import dataclasses
+
+    config = dataclasses.replace(
+        run_config(2),
+        model=resolve_model("pixelcnnpp", "tiny"),
+        train=dataclasses.replace(run_config(2).train, precision="bf16"),
+    )
+    with pytest.raises(ValueError, match="only supported for flows"):
+        train(config, tmp_path / "run", device="cpu", progress=False, train_set=images())
+    assert not (tmp_path / "run").exists()  # nothing half-written is left behind

@@ -264,6 +264,11 @@ class _Session:
     loss_module: nn.Module | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        if self.config.train.precision != "fp32" and not getattr(self.model, "bf16_safe", False):
+            raise ValueError(
+                f"train.precision={self.config.train.precision} is only supported for flows "
+                "(checked against fp32 in docs/speed.md); use train.precision=fp32"
+            )
         self.optimizer = make_optimizer(self.model, self.config)
         warmup = _lr_lambda(self.config.train.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)

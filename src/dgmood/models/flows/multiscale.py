@@ -95,6 +95,10 @@ class MultiscaleFlow(DensityModel):
     "Glow", 2018.
     """
 
+    # under bf16 autocast only the networks drop precision: 1x1 convs, coupling transforms,
+    # log-determinants and prior log-densities stay float32 (docs/speed.md)
+    bf16_safe = True
+
     def __init__(
         self,
         input_spec: InputSpec,
