@@ -142,7 +142,7 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads (0 = torch default)
     budget_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
     # bf16 autocast of the networks (flows keep 1x1 convs, log-dets and priors in fp32);
-    # "auto" = bf16 where the CPU/GPU has native bf16, fp32 elsewhere; see docs/speed.md
+    # "auto" = bf16 where the CPU/GPU has native bf16, fp32 elsewhere; see docs/RESULTS.md, Speed
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     def __post_init__(self) -> None:

@@ -42,7 +42,7 @@ class ChickenOptions:
     vae: str = "vae-bernoulli"  # density model trained on MNIST ("" = none)
     # 600 steps with padding: of the chicken-grid cells with >= 98% MNIST accuracy, the one
     # closest to the post (6.9% / 21.3% / 52.9% of FashionMNIST above 0.99 / 0.95 / 0.75
-    # vs 63.4% / 74.3% / 88.9%; still far: docs/chicken-grid.md)
+    # vs 63.4% / 74.3% / 88.9%; still far: docs/RESULTS.md, chicken grid)
     classifier_steps: int = 600  # override the classifier's training steps (0 = preset)
     vae_steps: int = 0  # override the VAE's training steps (0 = preset)
     upscale: Literal["pad", "resize"] = "pad"  # 28 -> 32 pixels (the post resized)

@@ -230,7 +230,7 @@ class CVGlowOptions:
     cpu_preset: str = "cpu-long"
     # 28 -> 32 pixels; with "pad" the constant zero border costs a constant-volume flow
     # dearly (its scales are per channel, not per position): 6.48 vs 5.82 bits/dim after
-    # 100 steps (measured, docs/cv-glow.md)
+    # 100 steps (measured, docs/RESULTS.md, CV-Glow)
     upscale: Literal["pad", "resize"] = "resize"
     in_dataset: str = "fashion-mnist"  # p*: trained on
     ood: str = "mnist"  # q: the OOD test set

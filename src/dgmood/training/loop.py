@@ -267,7 +267,7 @@ class _Session:
         if self.config.train.precision != "fp32" and not getattr(self.model, "bf16_safe", False):
             raise ValueError(
                 f"train.precision={self.config.train.precision} is only supported for flows "
-                "(checked against fp32 in docs/speed.md); use train.precision=fp32"
+                "(checked against fp32 in docs/RESULTS.md, Speed); use train.precision=fp32"
             )
         self.optimizer = make_optimizer(self.model, self.config)
         warmup = _lr_lambda(self.config.train.warmup_steps)

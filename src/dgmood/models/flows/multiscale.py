@@ -96,7 +96,7 @@ class MultiscaleFlow(DensityModel):
     """
 
     # under bf16 autocast only the networks drop precision: 1x1 convs, coupling transforms,
-    # log-determinants and prior log-densities stay float32 (docs/speed.md)
+    # log-determinants and prior log-densities stay float32 (docs/RESULTS.md, Speed)
     bf16_safe = True
 
     def __init__(
