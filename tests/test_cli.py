@@ -301,5 +301,7 @@ def test_reproduce_chicken_checks_model_roles(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "not a classifier model" in result.output
     assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, ["reproduce", "nalisnick2019", "--scale", "huge"])
+    assert result.exit_code == 2 and "unknown preset 'huge'" in result.output
     result = runner.invoke(app, ["reproduce", "chicken", "-o", "colour=red"])
     assert result.exit_code == 2 and "unknown config key 'colour'" in result.output

@@ -405,7 +405,10 @@ def list_studies() -> None:
 def reproduce(
     study: Annotated[str, typer.Argument(help="Study to run (see `dgmood studies`).")],
     preset: Annotated[
-        str, typer.Option(help="Size preset of the runs: tiny, cpu or paper.")
+        str,
+        typer.Option(
+            "--preset", "--scale", help="Size preset (scale) of the runs: tiny, cpu or paper."
+        ),
     ] = "cpu",
     model: Annotated[
         str | None, typer.Option(help="Shortcut for -o model=NAME (studies with a model).")
