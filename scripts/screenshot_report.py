@@ -15,16 +15,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from dgmood.reporting.html import HEADLESS_CHROMIUM_ARGS
+
+CHROMIUM_ARGS = HEADLESS_CHROMIUM_ARGS
 
 
 def tiny_study(out_dir: Path) -> Path:

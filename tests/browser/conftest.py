@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 from browser_helpers import LoadedPage
 
+from dgmood.reporting.html import HEADLESS_CHROMIUM_ARGS
+
 CHROMIUM = Path(os.environ.get("DGMOOD_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_ARGS = HEADLESS_CHROMIUM_ARGS
 
 _TABLES_JS = """() => [...document.querySelectorAll('table[data-name]')].map(t => ({
     name: t.dataset.name,

@@ -173,6 +173,21 @@ def study_folders(reports_dir: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+# Headless Chromium flags for looking at a report offline (the screenshot script and the
+# browser tests): no sandbox as root, and none of the background requests Chromium makes,
+# which a machine without network answers with errors.
+HEADLESS_CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def write_index(reports_dir: str | os.PathLike[str]) -> Path:
     """Write ``reports_dir/index.html``: every study folder below it with its finding."""
     root = Path(reports_dir)
