@@ -23,7 +23,7 @@ from dgmood.presets import run_preset
 from dgmood.reporting.analysis_plots import plot_histogram_panels
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.studies.base import Study, StudyContext, register_study
-from dgmood.studies.likelihood import QUANTILES, likelihood_comparison
+from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
 
 FLOW_TERMS = {"log_pz": "density term log p(z)", "log_abs_det_jacobian": "volume term log|det J|"}
 
@@ -44,16 +44,6 @@ def require_flow(model: str, preset: str, dataset: str) -> None:
     config = run_preset(model, preset, dataset)
     if not isinstance(build_model(config.model, config.data), MultiscaleFlow):
         raise ValueError(f"{model} is not a flow: the decomposition needs glow, cv-glow or realnvp")
-
-
-def term_summary(values: np.ndarray) -> list[Cell]:
-    """Mean, std, median and the QUANTILES of one term, as table cells."""
-    return [
-        float(values.mean()),
-        float(values.std()),
-        float(np.median(values)),
-        *[float(q) for q in np.quantile(values, QUANTILES)],
-    ]
 
 
 @register_study
@@ -84,7 +74,7 @@ class Decomposition(Study[DecompositionOptions]):
         gap_rows: list[list[Cell]] = []
         for key, term in FLOW_TERMS.items():
             for label, data in shown.items():
-                term_rows.append([term, label, len(data), *term_summary(data.stat(key))])
+                term_rows.append([term, label, len(data), *distribution_cells(data.stat(key))])
             for label, data in shown.items():
                 if label == in_label:
                     continue

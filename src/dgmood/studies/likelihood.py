@@ -65,6 +65,16 @@ def select_scores(run: LoadedRun, names: Sequence[str] = ()) -> list[Score]:
     ]
 
 
+def distribution_cells(values: np.ndarray, *, std: bool = True) -> list[Cell]:
+    """Mean, std (optional), median and the :data:`QUANTILES` of ``values``, as table cells."""
+    values = np.asarray(values, dtype=np.float64)
+    cells: list[Cell] = [float(values.mean())]
+    if std:
+        cells.append(float(values.std()))
+    cells.append(float(np.median(values)))
+    return cells + [float(q) for q in np.quantile(values, QUANTILES)]
+
+
 def set_summary_table(inputs: dict[str, tuple[str, ScoreInput]]) -> Table:
     """Bits/dim per set (mean, std, median, quantiles) and each term's mean and median."""
     first = next(iter(inputs.values()))[1]
@@ -76,9 +86,7 @@ def set_summary_table(inputs: dict[str, tuple[str, ScoreInput]]) -> Table:
     rows: list[list[Cell]] = []
     for label, (role, data) in inputs.items():
         bpd = negative_log_likelihood(data.stats)
-        row: list[Cell] = [label, role, len(data), float(bpd.mean()), float(bpd.std())]
-        row.append(float(np.median(bpd)))
-        row += [float(v) for v in np.quantile(bpd, QUANTILES)]
+        row: list[Cell] = [label, role, len(data), *distribution_cells(bpd)]
         for term in terms:
             values = data.stat(term)
             row += [float(values.mean()), float(np.median(values))]

@@ -23,7 +23,7 @@ from dgmood.data.datasets import DATASETS, load_dataset
 from dgmood.reporting.analysis_plots import plot_histogram_panels
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.studies.base import Study, StudyContext, register_study
-from dgmood.studies.likelihood import QUANTILES
+from dgmood.studies.likelihood import QUANTILES, distribution_cells
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,8 @@ class Moments(Study[MomentsOptions]):
                         imageset.label,
                         len(imageset),
                         mean.size,
-                        float(mean.mean()),
-                        float(np.median(mean)),
-                        *[float(q) for q in np.quantile(mean, QUANTILES)],
-                        float(var.mean()),
-                        float(np.median(var)),
-                        *[float(q) for q in np.quantile(var, QUANTILES)],
+                        *distribution_cells(mean, std=False),
+                        *distribution_cells(var, std=False),
                     ]
                 )
         quantiles = [f"q{int(q * 100):02d}" for q in QUANTILES]

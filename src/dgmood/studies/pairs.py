@@ -31,7 +31,7 @@ from dgmood.reporting.analysis_plots import plot_histograms
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, metrics_table, register_study, require_kind
-from dgmood.studies.likelihood import QUANTILES, likelihood_comparison
+from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
 
 CPU_PAIRS = ("fashion-mnist:mnist", "mnist:fashion-mnist")
 PAPER_PAIRS = (
@@ -125,9 +125,7 @@ class Pairs(Study[PairsOptions]):
                             label,
                             role,
                             len(values),
-                            float(values.mean()),
-                            float(np.median(values)),
-                            *[float(q) for q in np.quantile(values, QUANTILES)],
+                            *distribution_cells(values, std=False),
                             published,
                         ]
                     )
