@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_helpers import LoadedPage, assert_table_matches_csv
+from browser_helpers import LoadedPage
+from table_checks import assert_table_matches_csv
 
 from dgmood.data.loading import DataSources
 from dgmood.reporting.html import REPORT_FILE, write_index, write_report
