@@ -125,10 +125,6 @@ class Study(ABC, Generic[OptionsT]):
             options = replace_path(options, key.strip(), value)
         return cls(options)
 
-    @classmethod
-    def summary(cls) -> str:
-        return cls.title
-
 
 def environment() -> dict[str, str]:
     """Package versions and the device, for the record."""
