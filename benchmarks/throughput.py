@@ -23,7 +23,24 @@ from dgmood.config import DataConfig
 from dgmood.data.dequantize import to_model_input
 from dgmood.models.base import Classifier
 from dgmood.models.registry import build_model, resolve_model
+from dgmood.nn.allocator import is_tuned, tune_malloc
 from dgmood.nn.precision import autocast_context, resolve_precision
+
+
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """``--malloc tuned|default``: :func:`dgmood.nn.allocator.tune_malloc` (as the CLI does) or not."""
+    parser.add_argument(
+        "--malloc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: keep freed tensors in the heap, as the dgmood CLI does (default); "
+        "default: glibc's own settings",
+    )
+
+
+def apply_malloc_option(args: argparse.Namespace) -> None:
+    if args.malloc == "tuned":
+        tune_malloc()
 
 
 def machine() -> dict[str, object]:
@@ -34,6 +51,7 @@ def machine() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "malloc": "tuned" if is_tuned() else "default",
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -161,7 +179,10 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action="store_true", help="torch.compile the scorer")
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
-    print(json.dumps(run(parser.parse_args())))
+    add_malloc_option(parser)
+    args = parser.parse_args()
+    apply_malloc_option(args)
+    print(json.dumps(run(args)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from dgmood.cli.main import app
@@ -84,6 +85,10 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
         "tiny",
         "--steps",
         "4",
+        "--budget",
+        "60",
+        "--set",
+        "train.lr=0.0005",
         "--limit",
         "64",
         "--out-dir",
@@ -93,6 +98,12 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     assert result.exit_code == 0, result.output
     assert "AUROC of -log p(x)" in result.output
     assert (report / "runs" / "model" / "model.safetensors").exists()
+    train_config = yaml.safe_load((report / "runs" / "model" / "config.yaml").read_text())["train"]
+    assert (train_config["steps"], train_config["budget_minutes"], train_config["lr"]) == (
+        4,
+        60.0,
+        0.0005,
+    )
     summary = (report / "summary.md").read_text()
     report_results = json.loads((report / "result.json").read_text())
     sets = next(t for t in report_results["tables"] if t["name"] == "bits_per_dim")

@@ -14,11 +14,14 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
 from dgmood.io import atomic_write_text
+
+T = TypeVar("T")
 
 _MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
 
@@ -273,6 +276,16 @@ class RunConfig:
             raise ValueError(f"cannot read config {path}: {error}") from None
         except ValueError as error:
             raise ValueError(f"config {path}: {error}") from None
+
+
+def apply_overrides(config: T, assignments: Iterable[str]) -> T:
+    """``config`` with each ``KEY=VALUE`` (``train.lr=5e-4``) applied by :func:`replace_path`."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
+        config = replace_path(config, key.strip(), value)
+    return config
 
 
 def replace_path(obj: Any, dotted: str, value: Any) -> Any:

@@ -187,12 +187,34 @@ def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+#: model/checkpoint metadata key marking a run whose ``train.budget_minutes`` ended it
+BUDGET_REACHED = "budget_reached"
+
+
 def save_model(
-    model: nn.Module | dict[str, Tensor], path: Path, config: RunConfig, step: int
+    model: nn.Module | dict[str, Tensor],
+    path: Path,
+    config: RunConfig,
+    step: int,
+    budget_reached: bool = False,
 ) -> None:
-    """Weights + buffers to safetensors, with the run config and step as metadata."""
+    """Weights + buffers to safetensors, with the run config and step as metadata.
+
+    ``budget_reached``: training stopped at ``step`` because its time budget ran out; the
+    run is then finished although ``step < train.steps`` (see :func:`is_finished`).
+    """
     tensors = model if isinstance(model, dict) else model_state_dict(model)
-    save_tensor_file(path, tensors, {"config": config.to_yaml(), "step": str(step)})
+    metadata = {"config": config.to_yaml(), "step": str(step)}
+    if budget_reached:
+        metadata[BUDGET_REACHED] = "1"
+    save_tensor_file(path, tensors, metadata)
+
+
+def is_finished(metadata: dict[str, str], config: RunConfig) -> bool:
+    """Whether a model file's ``metadata`` marks ``config``'s training as done: all
+    ``train.steps`` taken, or stopped by its ``train.budget_minutes``."""
+    step = int(metadata.get("step", 0))
+    return step >= config.train.steps or metadata.get(BUDGET_REACHED) == "1"
 
 
 def read_model_metadata(path: Path) -> dict[str, str]:
@@ -243,6 +265,7 @@ class Checkpoint:
     step: int
     model_state: dict[str, Tensor]
     training_state: dict[str, Any]  # optimizer, scheduler, RNG: tensors and plain values
+    budget_reached: bool = False  # the time budget ended training at ``step``
 
 
 def save_checkpoint(run_dir: Path, config: RunConfig, checkpoint: Checkpoint) -> None:
@@ -258,8 +281,16 @@ def save_checkpoint(run_dir: Path, config: RunConfig, checkpoint: Checkpoint) ->
         "step": str(checkpoint.step),
         "training_state": json.dumps(tree),
     }
+    if checkpoint.budget_reached:
+        metadata[BUDGET_REACHED] = "1"
     save_tensor_file(run_dir / CHECKPOINT_FILE, tensors, metadata)
-    save_model(checkpoint.model_state, run_dir / MODEL_FILE, config, checkpoint.step)
+    save_model(
+        checkpoint.model_state,
+        run_dir / MODEL_FILE,
+        config,
+        checkpoint.step,
+        budget_reached=checkpoint.budget_reached,
+    )
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:

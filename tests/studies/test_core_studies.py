@@ -112,3 +112,26 @@ def test_chicken_study_fractions_and_photos_match_the_classifier(
     scores = {row[0] for row in result.table("ood_metrics").rows}
     assert {"max-softmax", "energy", "odin", "mahalanobis", "vae nll"} <= scores
     assert "FashionMNIST above 0.99" in result.finding
+
+
+def test_a_time_budget_and_overrides_reach_every_run_and_the_run_is_then_reused(
+    tmp_path: Path, mirror: Path
+) -> None:
+    """`reproduce --budget M --set K=V`: runs train until the budget, with the override."""
+    ctx = StudyContext(
+        out_dir=tmp_path / "study",
+        sources=DataSources(mirror=str(mirror)),
+        preset="tiny",
+        budget_minutes=1e-9,  # spent after the first step
+        overrides=("train.lr=0.0005",),
+        limit=32,
+        progress=False,
+    )
+    run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])
+    run = load_run(ctx.run_dir("model"))
+    assert run.step == 1
+    assert run.config.train.lr == 0.0005 and run.config.train.budget_minutes == 1e-9
+    model_file = ctx.run_dir("model") / "model.safetensors"
+    written = model_file.stat().st_mtime_ns
+    run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])  # reused, not refused
+    assert model_file.stat().st_mtime_ns == written

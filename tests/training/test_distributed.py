@@ -13,9 +13,11 @@ from safetensors.torch import load_file
 
 from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.data.imageset import ImageSet
+from dgmood.data.loading import DataSources
 from dgmood.models.registry import resolve_model
+from dgmood.reporting.runs_table import summarize_run
 from dgmood.runs import load_checkpoint, read_metrics
-from dgmood.training.loop import train
+from dgmood.training.loop import train, train_or_reuse
 
 # float32 throughout; the only difference between the runs is the order of float sums
 # (two half-batch gradient means averaged by all-reduce vs one full-batch mean, and
@@ -140,6 +142,10 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
     )
     assert result.step == 1
     assert load_checkpoint(tmp_path / "run").step == 1
+    # a run its budget ended is finished: validated, listed as done, reused as it is
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "val_bpd" in r] == [1]
+    assert summarize_run(tmp_path / "run").status == "done"
+    assert train_or_reuse(budgeted, tmp_path / "run", sources=DataSources(str(tmp_path / "none"))) is False
     resumed = train(
         config,
         tmp_path / "run",

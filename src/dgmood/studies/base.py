@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
-from dgmood.config import DataConfig, RunConfig, replace_path
+from dgmood.config import DataConfig, RunConfig, apply_overrides, replace_path
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.compare import ScoreComparison
@@ -36,6 +36,9 @@ from dgmood.training.loop import train_or_reuse
 RUNS_DIR = "runs"  # a study's runs live in OUT_DIR/runs/<role>
 
 
+UNTIL_BUDGET = 10**9  # train.steps of a run that trains until its time budget runs out
+
+
 @dataclass
 class StudyContext:
     """Where a study writes, where data comes from, and how big its runs are."""
@@ -44,6 +47,9 @@ class StudyContext:
     sources: DataSources = field(default_factory=DataSources)
     preset: str = "cpu"  # size preset of the runs it trains: tiny, cpu or paper
     steps: int | None = None  # override the training steps of every run it trains
+    # train every run for this wall time (then, without ``steps``, until it runs out)
+    budget_minutes: float = 0.0
+    overrides: tuple[str, ...] = ()  # KEY=VALUE config overrides of every run it trains
     limit: int = 0  # cap each evaluated set at N images (0 = all)
     device: str | None = None  # torch device for training (default: cuda if available)
     resume: bool = False  # continue interrupted runs instead of refusing
@@ -55,7 +61,11 @@ class StudyContext:
 
     def obtain_run(self, role: str, config: RunConfig) -> LoadedRun:
         """The finished run ``role`` of ``config``: reused if done, else trained (or resumed)."""
-        if self.steps is not None:
+        config = apply_overrides(config, self.overrides)
+        if self.budget_minutes > 0:
+            config = replace_path(config, "train.budget_minutes", self.budget_minutes)
+            config = replace_path(config, "train.steps", self.steps or UNTIL_BUDGET)
+        elif self.steps is not None:
             config = replace_path(config, "train.steps", self.steps)
         with self.timed(f"train {role}"):
             train_or_reuse(

@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     from dgmood.config import RunConfig
+    from dgmood.nn.allocator import tune_malloc
     from dgmood.training.loop import train
 
+    tune_malloc()
     parallel = setup()
     try:
         config = RunConfig.load(args.config)

@@ -38,6 +38,7 @@ from dgmood.runs import (
     Checkpoint,
     append_metrics,
     check_run_dir,
+    is_finished,
     load_checkpoint,
     model_state_dict,
     open_run_dir,
@@ -374,8 +375,9 @@ class _Session:
             if v.is_floating_point()
         )
 
-    def checkpoint(self, step: int) -> None:
-        """Write a resumable checkpoint of ``step`` once its weights are known to be good."""
+    def checkpoint(self, step: int, budget_reached: bool = False) -> None:
+        """Write a resumable checkpoint of ``step`` once its weights are known to be good
+        (``budget_reached``: the time budget ends training here)."""
         if not self.weights_are_finite() or not math.isfinite(self.probe_loss(step)):
             raise _Diverged(step)
         state = {
@@ -386,7 +388,8 @@ class _Session:
         if self.writer:
             with deferred_interrupts():
                 weights = model_state_dict(self.model)
-                save_checkpoint(self.run_dir, self.config, Checkpoint(step, weights, state))
+                checkpoint = Checkpoint(step, weights, state, budget_reached)
+                save_checkpoint(self.run_dir, self.config, checkpoint)
         if self.parallel is not None:  # no rank reads the run dir before it is written
             self.parallel.barrier()
 
@@ -528,8 +531,12 @@ def _run_steps(
             if done < train_cfg.steps and budget_exceeded(
                 started, train_cfg.budget_minutes, session.parallel
             ):
-                if last_good_step != done:
-                    session.checkpoint(done)
+                if session.val_set is not None and not is_eval:  # the run's final validation
+                    record = session.validate(done)
+                    if session.writer:
+                        append_metrics(run_dir, record)
+                    history.append(record)
+                session.checkpoint(done, budget_reached=True)
                 stopped_at = done
                 if progress:
                     bar.write(
@@ -554,14 +561,14 @@ def train_or_reuse(
 ) -> bool:
     """Train ``config`` into ``run_dir`` unless a finished run of the same config is there.
 
-    Returns True when it trained. An unfinished run is continued only with ``resume=True``;
+    Returns True when it trained. A run stopped by its ``train.budget_minutes`` is finished.
+    An unfinished run is continued only with ``resume=True``;
     a finished run of a different config is an error (it is never overwritten).
     """
     run_dir = Path(run_dir)
     if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists() and not resume:
         stored = RunConfig.load(run_dir / CONFIG_FILE)
-        step = int(read_model_metadata(run_dir / MODEL_FILE).get("step", 0))
-        if stored == config and step >= config.train.steps:
+        if stored == config and is_finished(read_model_metadata(run_dir / MODEL_FILE), config):
             return False
     train(config, run_dir, sources=sources, resume=resume, device=device, progress=progress)
     return True
