@@ -112,6 +112,25 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     assert f"| mnist-test | ood | 64 | {ood_row[3]:.3f} |" in summary
 
 
+@pytest.mark.slow
+def test_train_budget_trains_until_the_budget_unless_steps_cap_it(
+    tmp_path: Path, mirror: Path
+) -> None:
+    common = ["--preset", "tiny", "--set", "data.train_limit=64", "--no-progress"]
+    common += ["--mirror", str(mirror)]
+    result = invoke("train", "glow", "--run-dir", str(tmp_path / "a"), "--budget", "1e-9", *common)
+    assert result.exit_code == 0, result.output
+    assert "trained 1 steps" in result.output  # the budget, not the preset's steps, ended it
+    config = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["train"]
+    assert config["steps"] >= 10**9 and config["budget_minutes"] == 1e-9
+    result = invoke(
+        "train", "glow", "--run-dir", str(tmp_path / "b"), "--budget", "60",
+        "--set", "train.steps=2", *common,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps" in result.output
+
+
 def test_existing_run_dir_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")

@@ -278,6 +278,16 @@ class RunConfig:
             raise ValueError(f"config {path}: {error}") from None
 
 
+UNTIL_BUDGET = 10**9  # train.steps of a run that trains until its time budget runs out
+
+
+def with_budget(config: T, minutes: float, steps: int | None = None) -> T:
+    """``config`` trained for ``minutes`` of wall time: ``train.budget_minutes`` set and,
+    unless ``steps`` caps it, ``train.steps`` unlimited (the budget ends the run)."""
+    config = replace_path(config, "train.budget_minutes", minutes)
+    return replace_path(config, "train.steps", steps if steps is not None else UNTIL_BUDGET)
+
+
 def apply_overrides(config: T, assignments: Iterable[str]) -> T:
     """``config`` with each ``KEY=VALUE`` (``train.lr=5e-4``) applied by :func:`replace_path`."""
     for assignment in assignments:

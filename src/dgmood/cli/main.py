@@ -185,13 +185,13 @@ def train(
     budget: Annotated[
         float,
         typer.Option(
-            help="Stop cleanly with a checkpoint after this many minutes (0 = no limit); "
-            "continue later with --resume."
+            help="Train for this many minutes, then stop cleanly with a checkpoint (steps "
+            "unlimited unless --set train.steps=N; 0 = the preset's steps); --resume continues."
         ),
     ] = 0.0,
 ) -> None:
     """Train a model; writes config.yaml, model.safetensors, training state and metrics."""
-    from dgmood.config import RunConfig, apply_overrides, replace_path
+    from dgmood.config import RunConfig, apply_overrides, with_budget
     from dgmood.presets import run_preset
     from dgmood.runs import CONFIG_FILE, check_run_dir
     from dgmood.training import train as train_run
@@ -211,8 +211,9 @@ def train(
             "give a MODEL (e.g. `dgmood train glow`), --config, or --resume --run-dir RUN"
         )
     cfg = apply_overrides(cfg, set_ or [])
-    if budget > 0:
-        cfg = replace_path(cfg, "train.budget_minutes", budget)
+    if budget > 0:  # train until the budget ends, unless --set train.steps=N caps it too
+        capped = any(a.partition("=")[0].strip() == "train.steps" for a in set_ or [])
+        cfg = with_budget(cfg, budget, cfg.train.steps if capped else None)
     if run_dir is None:
         run_dir = Path("runs") / f"{(cfg.preset or 'run').replace('/', '-')}-{cfg.data.dataset}"
     try:

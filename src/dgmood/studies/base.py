@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
-from dgmood.config import DataConfig, RunConfig, apply_overrides, replace_path
+from dgmood.config import DataConfig, RunConfig, apply_overrides, replace_path, with_budget
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.compare import ScoreComparison
@@ -34,9 +34,6 @@ from dgmood.runs import LoadedRun, load_run
 from dgmood.training.loop import train_or_reuse
 
 RUNS_DIR = "runs"  # a study's runs live in OUT_DIR/runs/<role>
-
-
-UNTIL_BUDGET = 10**9  # train.steps of a run that trains until its time budget runs out
 
 
 @dataclass
@@ -63,8 +60,7 @@ class StudyContext:
         """The finished run ``role`` of ``config``: reused if done, else trained (or resumed)."""
         config = apply_overrides(config, self.overrides)
         if self.budget_minutes > 0:
-            config = replace_path(config, "train.budget_minutes", self.budget_minutes)
-            config = replace_path(config, "train.steps", self.steps or UNTIL_BUDGET)
+            config = with_budget(config, self.budget_minutes, self.steps)
         elif self.steps is not None:
             config = replace_path(config, "train.steps", self.steps)
         with self.timed(f"train {role}"):
