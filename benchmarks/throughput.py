@@ -28,7 +28,7 @@ from dgmood.nn.precision import autocast_context, resolve_precision
 
 
 def add_malloc_option(parser: argparse.ArgumentParser) -> None:
-    """``--malloc tuned|default``: :func:`dgmood.nn.allocator.tune_malloc` (as the CLI does) or not."""
+    """``--malloc tuned|default``: :func:`dgmood.nn.allocator.tune_malloc` (as the CLI) or not."""
     parser.add_argument(
         "--malloc",
         choices=["tuned", "default"],

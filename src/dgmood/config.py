@@ -12,9 +12,9 @@ import importlib
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml

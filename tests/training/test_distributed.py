@@ -145,7 +145,10 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
     # a run its budget ended is finished: validated, listed as done, reused as it is
     assert [r["step"] for r in read_metrics(tmp_path / "run") if "val_bpd" in r] == [1]
     assert summarize_run(tmp_path / "run").status == "done"
-    assert train_or_reuse(budgeted, tmp_path / "run", sources=DataSources(str(tmp_path / "none"))) is False
+    assert (
+        train_or_reuse(budgeted, tmp_path / "run", sources=DataSources(str(tmp_path / "none")))
+        is False
+    )
     resumed = train(
         config,
         tmp_path / "run",

@@ -34,9 +34,7 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TO
 _applied = False
 
 
-def tune_malloc(
-    mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
-) -> bool:
+def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Keep freed tensor memory for reuse (glibc only); returns whether it changed anything.
 
     Does nothing (and returns False) on other C libraries and platforms, when the user set
