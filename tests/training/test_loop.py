@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from dgmood.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dgmood.models.base import DensityModel, InputSpec
+from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import register_family, resolve_model
 from dgmood.runs import read_metrics
 from dgmood.training import RunDirError, TrainingDivergedError, load_run, train
@@ -147,3 +148,52 @@ def test_ctrl_c_during_a_checkpoint_is_held_until_it_is_written(tmp_path: Path) 
         path.write_text("written after the signal arrived")
     assert path.read_text() == "written after the signal arrived"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("light_first", [False, True])
+def test_memory_light_can_be_switched_when_resuming(
+    tmp_path: Path, sources: DataSources, light_first: bool
+) -> None:
+    """An execution option: resuming with it switched continues the same run."""
+    config = tiny_run(steps=8)
+
+    def with_light(cfg: RunConfig, light: bool) -> RunConfig:
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, memory_light=light))
+
+    half = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4))
+    straight = train(config, tmp_path / "straight", sources=sources, progress=False)
+    train(with_light(half, light_first), tmp_path / "run", sources=sources, progress=False)
+    resumed = train(
+        with_light(config, not light_first),
+        tmp_path / "run",
+        sources=sources,
+        progress=False,
+        resume=True,
+    )
+    assert isinstance(resumed.model, MultiscaleFlow)
+    assert all(level.memory_light is not light_first for level in resumed.model.levels)
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    reference = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
+    # recomputed activations carry the inverse's float32 round-off: equal to round-off
+    for key in reference:
+        torch.testing.assert_close(weights[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    def losses(history: list[dict[str, float]]) -> list[float]:
+        return [r["loss"] for r in history if "loss" in r and r["step"] > 4]
+
+    assert len(losses(resumed.history)) == 2  # steps 6 and 8 (log_every=2)
+    assert losses(resumed.history) == pytest.approx(losses(straight.history), rel=1e-5)
+
+
+def test_memory_light_is_refused_for_models_without_it(
+    tmp_path: Path, sources: DataSources
+) -> None:
+    config = RunConfig(
+        model=resolve_model("vae", "tiny"),
+        data=TINY_DATA,
+        train=TrainConfig(steps=2, batch_size=16, memory_light=True),
+    )
+    with pytest.raises(ValueError, match="memory_light.*flows"):
+        train(config, tmp_path / "run", sources=sources, progress=False)
+    assert not (tmp_path / "run").exists()

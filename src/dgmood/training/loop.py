@@ -27,6 +27,7 @@ from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
 from dgmood.io import atomic_write_text, deferred_interrupts
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
+from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import build_model
 from dgmood.nn.precision import autocast_context
 from dgmood.runs import (
@@ -194,6 +195,14 @@ def _build_model(config: RunConfig, device: torch.device) -> nn.Module:
     except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as error:
         family = type(config.model).family
         raise ValueError(f"cannot build a {family} model from this config: {error}") from None
+    if config.train.memory_light:
+        if not isinstance(model, MultiscaleFlow):
+            family = type(config.model).family
+            raise ValueError(
+                f"train.memory_light=true is only supported for flows (glow, glow-additive, "
+                f"cv-glow, realnvp), not {family}; use train.memory_light=false"
+            )
+        model.set_memory_light(True)
     model = model.to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
