@@ -16,9 +16,9 @@ from dgmood.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dgmood.models.base import DensityModel, InputSpec
 from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import register_family, resolve_model
-from dgmood.runs import read_metrics
+from dgmood.runs import Checkpoint, load_checkpoint, read_metrics, save_checkpoint
 from dgmood.training import RunDirError, TrainingDivergedError, load_run, train
-from dgmood.training.loop import DataSources, batch_indices
+from dgmood.training.loop import DataSources, batch_indices, restore_rng_state, rng_state
 
 TINY_DATA = DataConfig(dataset="fashion-mnist", train_limit=512, val_size=128)
 
@@ -197,3 +197,44 @@ def test_memory_light_is_refused_for_models_without_it(
     with pytest.raises(ValueError, match="memory_light.*flows"):
         train(config, tmp_path / "run", sources=sources, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def _checkpoint_round_trip(run_dir: Path, state: dict[str, object]) -> dict[str, object]:
+    """``state`` as a resume reads it back from a checkpoint file."""
+    run_dir.mkdir()
+    save_checkpoint(run_dir, tiny_run(), Checkpoint(1, {"w": torch.zeros(1)}, dict(state)))
+    return load_checkpoint(run_dir).training_state
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    state = rng_state([])
+    assert set(state) == {"torch_rng"}  # no CUDA device in use: no CUDA state to keep
+    expected = torch.rand(4)
+    restore_rng_state(_checkpoint_round_trip(tmp_path / "run", state), [])
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_checkpoint_without_cuda_states_resumes_on_a_gpu(tmp_path: Path) -> None:
+    """Checkpoints written on a CPU, or before CUDA states were saved, leave CUDA as seeded."""
+    torch.manual_seed(3)
+    state = {"torch_rng": torch.get_rng_state()}  # what every such checkpoint holds
+    expected = torch.rand(4)
+    # no CUDA state to set, so no CUDA call is made even with a CUDA device given
+    restore_rng_state(_checkpoint_round_trip(tmp_path / "run", state), [torch.device("cuda", 0)])
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
+    device = torch.device("cuda", 0)
+    torch.manual_seed(3)
+    state = rng_state([device])
+    assert len(state["cuda_rng"]) == 1
+    expected = torch.rand(4, device=device), torch.rand(4)
+    restore_rng_state(_checkpoint_round_trip(tmp_path / "run", state), [device])
+    assert torch.equal(torch.rand(4, device=device), expected[0])
+    assert torch.equal(torch.rand(4), expected[1])
+    # a GPU run resumed on a CPU restores the CPU state and skips the device's
+    restore_rng_state(state, [])
+    assert torch.equal(torch.rand(4), expected[1])

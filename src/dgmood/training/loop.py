@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,6 +181,33 @@ def evaluate_model(
     return {key: value / max(count, 1) for key, value in totals.items()}
 
 
+def rng_state(cuda_devices: Sequence[torch.device]) -> dict[str, Tensor | list[Tensor]]:
+    """The global random states training draws from: the CPU's and each CUDA device's.
+
+    Batches and dequantization noise come from their own seeded generators; these states
+    feed what draws from the global ones (dropout, a loss that samples), on the CPU or on
+    the GPU the model runs on. Tensors only, so a checkpoint stores them without pickle.
+    """
+    state: dict[str, Tensor | list[Tensor]] = {"torch_rng": torch.get_rng_state()}
+    if cuda_devices:
+        state["cuda_rng"] = [torch.cuda.get_rng_state(device) for device in cuda_devices]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], cuda_devices: Sequence[torch.device]) -> None:
+    """Set the states that :func:`rng_state` collected.
+
+    CUDA states go to ``cuda_devices`` in order, as many as both have: a checkpoint written
+    on a CPU (or before CUDA states were saved) leaves the CUDA generators as seeded, and a
+    GPU run resumed on a CPU has no device to put them in. In a data-parallel job every rank
+    restores rank 0's states into its own device: all ranks are seeded alike and draw alike
+    (equal shards), so their states are equal.
+    """
+    torch.set_rng_state(state["torch_rng"])
+    for device, cuda_state in zip(cuda_devices, state.get("cuda_rng", []), strict=False):
+        torch.cuda.set_rng_state(cuda_state, device)
+
+
 def _device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
@@ -289,6 +316,11 @@ class _Session:
         """Whether this process writes the run directory (rank 0, or the only process)."""
         return self.parallel is None or self.parallel.is_writer
 
+    @property
+    def cuda_devices(self) -> list[torch.device]:
+        """The CUDA devices this process draws random numbers on (none on a CPU)."""
+        return [self.device] if self.device.type == "cuda" else []
+
     def global_mean(self, value: Tensor) -> Tensor:
         """``value`` averaged over data-parallel ranks (itself in a single process)."""
         return self.parallel.mean(value) if self.parallel is not None else value.detach()
@@ -310,7 +342,7 @@ class _Session:
         state = checkpoint.training_state
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng_state(state, self.cuda_devices)
         # forget log lines written after the checkpoint we resume from
         if not self.writer:
             return
@@ -369,8 +401,7 @@ class _Session:
         so a run that probes ends bit-identical to one that does not.
         """
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.no_grad(), torch.random.fork_rng(devices=self.cuda_devices):
             loss, _ = self.loss(step)
         for name, buffer in self.model.named_buffers():
             buffer.copy_(buffers[name])
@@ -390,7 +421,7 @@ class _Session:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_state(self.cuda_devices),
         }
         if self.writer:
             with deferred_interrupts():
