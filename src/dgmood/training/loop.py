@@ -259,6 +259,38 @@ def _load_data(
     return train_set, val_set
 
 
+def _load_data_rank_0_first(
+    config: RunConfig,
+    sources: DataSources,
+    train_set: ImageSet | None,
+    val_set: ImageSet | None,
+    parallel: DataParallel | None,
+) -> tuple[ImageSet, ImageSet | None]:
+    """:func:`_load_data`, in a data-parallel job by rank 0 before the other ranks.
+
+    Rank 0 prepares the files (downloads, copies from the mirror, verifies, extracts) while
+    the others wait; they then read files that are complete, so no two processes write one
+    data file at once. If rank 0 cannot load the data, every rank stops with its error
+    rather than waiting for a rank that is gone.
+    """
+    if parallel is None:
+        return _load_data(config, sources, train_set, val_set)
+    if parallel.is_writer:
+        try:
+            loaded = _load_data(config, sources, train_set, val_set)
+        except Exception as error:
+            parallel.broadcast(f"{type(error).__name__}: {error}")
+            raise
+        parallel.broadcast(None)
+        return loaded
+    failure = parallel.broadcast(None)
+    if failure is not None:
+        raise RuntimeError(
+            f"rank 0 could not load the data, so rank {parallel.rank} stops too: {failure}"
+        )
+    return _load_data(config, sources, train_set, val_set)
+
+
 def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
     """The checkpoint to continue from, after checking it belongs to the same model and data.
 
@@ -476,7 +508,9 @@ def train(
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
     dev = _device(device)
-    train_set, val_set = _load_data(config, sources or DataSources(), train_set, val_set)
+    train_set, val_set = _load_data_rank_0_first(
+        config, sources or DataSources(), train_set, val_set, parallel
+    )
     model = _build_model(config, dev)
     writer = parallel is None or parallel.is_writer
     if parallel is not None:  # every rank has checked run_dir before rank 0 creates it
