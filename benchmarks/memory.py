@@ -41,13 +41,9 @@ def child(args: argparse.Namespace) -> dict[str, object]:
 
     torch.manual_seed(0)
     data = DataConfig(channels=args.channels, image_size=32)
-    config = GlowConfig(
-        n_levels=3,
-        n_steps=args.k,
-        hidden_channels=args.hidden,
-        memory_light=args.memory_light,
-    )
+    config = GlowConfig(n_levels=3, n_steps=args.k, hidden_channels=args.hidden)
     model = build_model(config, data)
+    model.set_memory_light(args.memory_light)
     device = torch.device(args.device)
     model.to(device)
     spec = model.input_spec
@@ -106,7 +102,6 @@ def timing(args: argparse.Namespace) -> None:
     import torch
 
     from dgmood.config import DataConfig
-    from dgmood.models.flows.bijection import Compose
     from dgmood.models.flows.presets import GlowConfig
     from dgmood.models.registry import build_model
 
@@ -119,9 +114,7 @@ def timing(args: argparse.Namespace) -> None:
         with torch.no_grad():
             plain.log_prob(x)
         light = copy.deepcopy(plain)
-        for level in light.modules():
-            if isinstance(level, Compose):
-                level.memory_light = True
+        light.set_memory_light(True)
         seconds: dict[str, list[float]] = {"plain": [], "memory_light": []}
         for repeat in range(args.steps + 1):
             for name, model in (("plain", plain), ("memory_light", light)):

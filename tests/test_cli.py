@@ -335,3 +335,51 @@ def test_reproduce_chicken_checks_model_roles(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown preset 'huge'" in result.output
     result = runner.invoke(app, ["reproduce", "chicken", "-o", "colour=red"])
     assert result.exit_code == 2 and "unknown config key 'colour'" in result.output
+
+
+STUDY_CONTEXT_OPTIONS = (
+    "preset", "steps", "limit", "resume", "data_dir", "mirror", "download", "device", "progress"
+)  # fmt: skip
+
+
+def test_study_commands_share_one_declaration_of_the_study_context_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reproduce` and `benchmark` take the same options, spelled and explained alike, and
+    both turn them into the StudyContext the study runs in."""
+    import typer.main
+
+    import dgmood.studies
+    from dgmood.reporting.result import StudyResult
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+
+    def declarations(command: str) -> dict[str, tuple[object, ...]]:
+        return {
+            p.name: (tuple(p.opts), tuple(p.secondary_opts), p.help, p.default)
+            for p in commands[command].params
+            if p.name in STUDY_CONTEXT_OPTIONS
+        }
+
+    assert set(declarations("reproduce")) == set(STUDY_CONTEXT_OPTIONS)
+    assert declarations("benchmark") == declarations("reproduce")
+
+    contexts = []
+
+    def fake_run_study(name: str, ctx: object, *args: object, **kwargs: object) -> StudyResult:
+        contexts.append(ctx)
+        return StudyResult(study=name, title="", finding="done")
+
+    monkeypatch.setattr(dgmood.studies, "run_study", fake_run_study)
+    shared = [
+        "--scale", "tiny", "--steps", "3", "--limit", "7", "--resume", "--data-dir", "d",
+        "--mirror", "m", "--download", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    out = str(tmp_path / "out")
+    invoke("reproduce", "fashion-mnist", "--out-dir", out, *shared)
+    invoke("benchmark", "--out-dir", out, *shared)
+    assert len(contexts) == 2
+    for ctx in contexts:
+        assert (ctx.out_dir, ctx.preset, ctx.steps, ctx.limit) == (Path(out), "tiny", 3, 7)
+        assert (ctx.resume, ctx.device, ctx.progress) == (True, "cpu", False)
+        assert (ctx.sources.data_dir, ctx.sources.mirror, ctx.sources.download) == ("d", "m", True)

@@ -61,3 +61,21 @@ def test_run_preset_takes_native_channels_from_the_dataset_registry(
     assert run_preset("glow", "tiny", dataset).data.channels == channels
     assert DATASETS[dataset].channels == channels
     assert run_preset("glow", "tiny", "folder:photos").data.channels == 3
+
+
+def test_memory_light_is_a_training_option_and_old_model_keys_still_load() -> None:
+    """It changes how backprop stores activations, not the model: it lives in ``train``."""
+    config = run_preset("glow", "tiny")
+    light = replace_path(config, "train.memory_light", "true")
+    assert light.train.memory_light and light.model == config.model
+    assert RunConfig.from_yaml(light.to_yaml()) == light
+    # a config written when it was a model field loads with the key in its new place
+    old = config.to_dict()
+    del old["train"]["memory_light"]
+    old["model"]["memory_light"] = True
+    assert RunConfig.from_dict(old) == light
+    old["train"]["memory_light"] = False
+    with pytest.raises(ValueError, match="model.memory_light.*train.memory_light"):
+        RunConfig.from_dict(old)
+    with pytest.raises(ValueError, match="moved to train.memory_light"):
+        replace_path(config, "model.memory_light", "true")

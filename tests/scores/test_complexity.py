@@ -56,3 +56,49 @@ def test_every_new_score_is_registered_with_a_reference() -> None:
     assert new | {f"complexity-{codec}" for codec in CODECS} <= names
     for name in new:
         assert score_class(name).references()
+
+
+def test_each_complexity_score_compresses_with_its_own_codec(make_input: MakeInput) -> None:
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randint(0, 256, (3, 1, 32, 32), generator=generator).to(torch.uint8)
+    images = torch.cat([noise // 4 * 4, noise])  # coarser and finer content
+    bits_per_dim = np.array([4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    lengths = {codec: compressed_bits_per_dim(images, codec) for codec in CODECS}
+    # the codecs give different lengths on these images, so the check tells them apart
+    assert len({tuple(v) for v in lengths.values()}) == len(CODECS)
+    for codec, length in lengths.items():
+        scores = make_score(f"complexity-{codec}").score(
+            make_input({"bits_per_dim": bits_per_dim}, images=images)
+        )
+        np.testing.assert_array_equal(scores, bits_per_dim - length, err_msg=codec)
+
+
+def test_complexity_scores_are_listed_by_name_compressor_and_reference() -> None:
+    """What `dgmood scores` shows for them (one generated class per codec)."""
+    from dgmood.scores.base import score_class, score_names
+
+    serra = (
+        'Serra et al., "Input complexity and out-of-distribution detection with likelihood-'
+        'based generative models", ICLR 2020.'
+    )
+    later = "Serra et al., ICLR 2020 (the compressor is a later lossless codec)."
+    listing = {
+        name: (score_class(name).summary(), score_class(name).references())
+        for name in score_names()
+        if name.startswith("complexity-")
+    }
+    assert listing == {
+        "complexity-png": ("Bits/dim minus the PNG (deflate, level 9) length in bits/dim.", serra),
+        "complexity-jp2": ("Bits/dim minus the lossless JPEG 2000 length in bits/dim.", serra),
+        "complexity-webp": ("Bits/dim minus the lossless WebP length in bits/dim.", later),
+        "complexity-jxl": (
+            "Bits/dim minus the lossless JPEG XL (effort 5) length in bits/dim.",
+            later,
+        ),
+    }
+    assert list(listing) == [
+        "complexity-png",
+        "complexity-jp2",
+        "complexity-webp",
+        "complexity-jxl",
+    ]

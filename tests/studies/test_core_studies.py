@@ -135,3 +135,25 @@ def test_a_time_budget_and_overrides_reach_every_run_and_the_run_is_then_reused(
     written = model_file.stat().st_mtime_ns
     run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])  # reused, not refused
     assert model_file.stat().st_mtime_ns == written
+
+
+def test_an_evaluated_run_is_named_by_its_folder_not_its_absolute_path(
+    tmp_path: Path, mirror: Path
+) -> None:
+    """A report is shared: its title must not carry the machine's directory layout."""
+    import dataclasses
+
+    from dgmood.presets import run_preset
+    from dgmood.studies import evaluate_run
+    from dgmood.training import train
+
+    config = run_preset("glow", "tiny", "fashion-mnist")
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, steps=2, eval_every=-1)
+    )
+    run_dir = (tmp_path / "runs" / "glow-fm").absolute()
+    train(config, run_dir, sources=DataSources(mirror=str(mirror)), progress=False)
+    ctx = _ctx(tmp_path, mirror, limit=32)
+    result = evaluate_run(run_dir, ["mnist"], ctx, scores=["nll"], train_limit=64)
+    assert result.title == "Is glow/tiny (glow-fm) fooled by mnist?"
+    assert str(tmp_path) not in (ctx.out_dir / "report.html").read_text().split("</h1>")[0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -60,13 +62,7 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int, res
     from dgmood.training.distributed import setup, teardown
 
     torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    _join_params(rank, world_size, port)
     parallel = setup("gloo")
     try:
         train(
@@ -85,6 +81,103 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int, res
 
 def train_parallel(run_dir: Path, steps: int, resume: bool = False) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(run_dir), steps, resume), nprocs=2, join=True)
+
+
+def _join_params(rank: int, world_size: int, port: int) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+
+
+def _loading_worker(rank: int, world_size: int, port: int, folder: str, mirror: str) -> None:
+    """A rank that trains on FashionMNIST loaded by name into a data dir that starts empty.
+
+    It logs when it starts and ends loading a split (rank 0 as a slow first download) and
+    what it loaded; an error is written down instead of raised, for the test to read.
+    """
+    from dgmood.data.loading import DataSources
+    from dgmood.training.distributed import setup, teardown
+
+    torch.set_num_threads(1)
+    _join_params(rank, world_size, port)
+    out = Path(folder)
+    read = DataSources.load_like
+
+    def logged_load_like(self: DataSources, name: str, split: str, data: DataConfig) -> ImageSet:
+        with open(out / "events.log", "a") as log:
+            log.write(f"start {rank} {split}\n")
+        images = read(self, name, split, data)
+        if rank == 0:
+            time.sleep(1.0)  # a slow download: every other rank must wait for it
+        digest = hashlib.sha256(images.images.numpy().tobytes()).hexdigest()
+        with open(out / "events.log", "a") as log:
+            log.write(f"end {rank} {split}\n")
+        (out / f"data-{rank}-{split}.sha256").write_text(digest)
+        return images
+
+    DataSources.load_like = logged_load_like  # type: ignore[method-assign]
+    parallel = setup("gloo")
+    config = RunConfig(
+        model=resolve_model("glow", "tiny"),
+        data=DataConfig(train_limit=32, val_size=16),
+        train=TrainConfig(steps=1, batch_size=16, eval_every=0, channels_last=False),
+    )
+    try:
+        train(
+            config,
+            out / "run",
+            sources=DataSources(data_dir=str(out / "data"), mirror=mirror),
+            device="cpu",
+            progress=False,
+            parallel=parallel,
+        )
+    except Exception as error:
+        (out / f"error-{rank}.txt").write_text(f"{type(error).__name__}: {error}")
+    finally:
+        teardown()
+
+
+def spawn_loading_ranks(folder: Path, mirror: Path, timeout: float = 180.0) -> None:
+    """Two loading workers; a rank left waiting for another fails the test, not hangs it."""
+    context = mp.spawn(
+        _loading_worker, args=(2, _free_port(), str(folder), str(mirror)), nprocs=2, join=False
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the ranks did not finish within {timeout} s (one waits for the other)")
+
+
+def test_rank_0_prepares_the_data_before_the_others_read_it(tmp_path: Path, mirror: Path) -> None:
+    spawn_loading_ranks(tmp_path, mirror)
+    assert not list(tmp_path.glob("error-*.txt"))
+    events = (tmp_path / "events.log").read_text().split("\n")[:-1]
+    ranks = [int(line.split()[1]) for line in events]
+    assert ranks == sorted(ranks), events  # rank 1 started loading after rank 0 had finished
+    assert ranks.count(0) == ranks.count(1) == 4  # train and test split each
+    for split in ("train", "test"):
+        digests = {(tmp_path / f"data-{r}-{split}.sha256").read_text() for r in (0, 1)}
+        assert len(digests) == 1, split  # both ranks hold the same images
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    assert files and not [p for p in files if p.name.endswith(".part")]
+    for packed in (tmp_path / "data").rglob("*.gz"):
+        expected = (mirror / "fashion-mnist" / packed.name).read_bytes()
+        assert packed.read_bytes() == expected, packed
+
+
+def test_every_rank_stops_when_rank_0_cannot_load_the_data(tmp_path: Path) -> None:
+    empty_mirror = tmp_path / "mirror"
+    empty_mirror.mkdir()
+    spawn_loading_ranks(tmp_path, empty_mirror)
+    assert "fashion-mnist" in (tmp_path / "error-0.txt").read_text()
+    assert (tmp_path / "events.log").read_text() == "start 0 train\n"  # rank 1 read nothing
+    assert "rank 0 could not load the data" in (tmp_path / "error-1.txt").read_text()
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -14,10 +14,11 @@ from torch import Tensor, nn
 
 from dgmood.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from dgmood.models.base import DensityModel, InputSpec
+from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import register_family, resolve_model
-from dgmood.runs import read_metrics
+from dgmood.runs import Checkpoint, load_checkpoint, read_metrics, save_checkpoint
 from dgmood.training import RunDirError, TrainingDivergedError, load_run, train
-from dgmood.training.loop import DataSources, batch_indices
+from dgmood.training.loop import DataSources, batch_indices, restore_rng_state, rng_state
 
 TINY_DATA = DataConfig(dataset="fashion-mnist", train_limit=512, val_size=128)
 
@@ -147,3 +148,93 @@ def test_ctrl_c_during_a_checkpoint_is_held_until_it_is_written(tmp_path: Path) 
         path.write_text("written after the signal arrived")
     assert path.read_text() == "written after the signal arrived"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("light_first", [False, True])
+def test_memory_light_can_be_switched_when_resuming(
+    tmp_path: Path, sources: DataSources, light_first: bool
+) -> None:
+    """An execution option: resuming with it switched continues the same run."""
+    config = tiny_run(steps=8)
+
+    def with_light(cfg: RunConfig, light: bool) -> RunConfig:
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, memory_light=light))
+
+    half = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4))
+    straight = train(config, tmp_path / "straight", sources=sources, progress=False)
+    train(with_light(half, light_first), tmp_path / "run", sources=sources, progress=False)
+    resumed = train(
+        with_light(config, not light_first),
+        tmp_path / "run",
+        sources=sources,
+        progress=False,
+        resume=True,
+    )
+    assert isinstance(resumed.model, MultiscaleFlow)
+    assert all(level.memory_light is not light_first for level in resumed.model.levels)
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    reference = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
+    # recomputed activations carry the inverse's float32 round-off: equal to round-off
+    for key in reference:
+        torch.testing.assert_close(weights[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    def losses(history: list[dict[str, float]]) -> list[float]:
+        return [r["loss"] for r in history if "loss" in r and r["step"] > 4]
+
+    assert len(losses(resumed.history)) == 2  # steps 6 and 8 (log_every=2)
+    assert losses(resumed.history) == pytest.approx(losses(straight.history), rel=1e-5)
+
+
+def test_memory_light_is_refused_for_models_without_it(
+    tmp_path: Path, sources: DataSources
+) -> None:
+    config = RunConfig(
+        model=resolve_model("vae", "tiny"),
+        data=TINY_DATA,
+        train=TrainConfig(steps=2, batch_size=16, memory_light=True),
+    )
+    with pytest.raises(ValueError, match="memory_light.*flows"):
+        train(config, tmp_path / "run", sources=sources, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def _checkpoint_round_trip(run_dir: Path, state: dict[str, object]) -> dict[str, object]:
+    """``state`` as a resume reads it back from a checkpoint file."""
+    run_dir.mkdir()
+    save_checkpoint(run_dir, tiny_run(), Checkpoint(1, {"w": torch.zeros(1)}, dict(state)))
+    return load_checkpoint(run_dir).training_state
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    state = rng_state([])
+    assert set(state) == {"torch_rng"}  # no CUDA device in use: no CUDA state to keep
+    expected = torch.rand(4)
+    restore_rng_state(_checkpoint_round_trip(tmp_path / "run", state), [])
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_checkpoint_without_cuda_states_resumes_on_a_gpu(tmp_path: Path) -> None:
+    """Checkpoints written on a CPU, or before CUDA states were saved, leave CUDA as seeded."""
+    torch.manual_seed(3)
+    state = {"torch_rng": torch.get_rng_state()}  # what every such checkpoint holds
+    expected = torch.rand(4)
+    # no CUDA state to set, so no CUDA call is made even with a CUDA device given
+    restore_rng_state(_checkpoint_round_trip(tmp_path / "run", state), [torch.device("cuda", 0)])
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
+    device = torch.device("cuda", 0)
+    torch.manual_seed(3)
+    state = rng_state([device])
+    assert len(state["cuda_rng"]) == 1
+    expected = torch.rand(4, device=device), torch.rand(4)
+    restore_rng_state(_checkpoint_round_trip(tmp_path / "run", state), [device])
+    assert torch.equal(torch.rand(4, device=device), expected[0])
+    assert torch.equal(torch.rand(4), expected[1])
+    # a GPU run resumed on a CPU restores the CPU state and skips the device's
+    restore_rng_state(state, [])
+    assert torch.equal(torch.rand(4), expected[1])

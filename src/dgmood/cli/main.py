@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -257,6 +258,83 @@ def _context(
     return StudyContext(out_dir=out_dir, sources=_sources(data_dir, mirror, download), **values)
 
 
+StudyContextFor = Callable[[Path], Any]  # out_dir -> the StudyContext a study runs in
+
+
+def _study_context_options(
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset", "--scale", help="Size preset (scale) of the runs: tiny, cpu or paper."
+        ),
+    ] = "cpu",
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps of every run.")
+    ] = None,
+    budget: Annotated[
+        float,
+        typer.Option(
+            help="Train each run for this many minutes (steps unlimited unless --steps); "
+            "0 = the preset's steps."
+        ),
+    ] = 0.0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config value of every run, e.g. --set train.precision=auto."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
+    data_dir: DataDir = None,
+    mirror: Mirror = None,
+    download: Download = False,
+    device: Device = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> StudyContextFor:
+    """The options of every command that runs a study, as its context for a given out dir."""
+
+    def context(out_dir: Path) -> Any:
+        return _context(
+            out_dir,
+            data_dir,
+            mirror,
+            download,
+            preset=preset,
+            steps=steps,
+            budget_minutes=budget,
+            overrides=tuple(set_ or []),
+            limit=limit,
+            device=device,
+            resume=resume,
+            progress=progress,
+        )
+
+    return context
+
+
+def _with_study_context(command: F) -> F:
+    """Add the options of :func:`_study_context_options` to ``command``, which receives
+    what that function makes of them as its ``study_context`` argument.
+
+    Typer has no option groups; this is how ``reproduce`` and ``benchmark`` declare the
+    options they share once: typer reads the combined signature set here.
+    """
+    group = inspect.signature(_study_context_options, eval_str=True).parameters
+    own = inspect.signature(command, eval_str=True)
+    params = [p for p in own.parameters.values() if p.name != "study_context"]
+    params += group.values()
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> Any:
+        options = {name: values.pop(name) for name in group}
+        return command(**values, study_context=_study_context_options(**options))
+
+    wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper  # type: ignore[return-value]
+
+
 REPORTS_DIR = Path("reports")  # default home of every study's folder
 
 
@@ -400,14 +478,9 @@ def list_studies() -> None:
 
 @app.command()
 @user_errors
+@_with_study_context
 def reproduce(
     study: Annotated[str, typer.Argument(help="Study to run (see `dgmood studies`).")],
-    preset: Annotated[
-        str,
-        typer.Option(
-            "--preset", "--scale", help="Size preset (scale) of the runs: tiny, cpu or paper."
-        ),
-    ] = "cpu",
     model: Annotated[
         str | None, typer.Option(help="Shortcut for -o model=NAME (studies with a model).")
     ] = None,
@@ -415,32 +488,11 @@ def reproduce(
         list[str] | None,
         typer.Option("--option", "-o", help="A study option KEY=VALUE (repeatable)."),
     ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="Override the training steps of every run.")
-    ] = None,
-    budget: Annotated[
-        float,
-        typer.Option(
-            help="Train each run for this many minutes (steps unlimited unless --steps); "
-            "0 = the preset's steps."
-        ),
-    ] = 0.0,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", help="Override a config value of every run, e.g. --set train.precision=auto."
-        ),
-    ] = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Folder for runs and results (default reports/STUDY).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Cap each test set (0 = all).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
-    data_dir: DataDir = None,
-    mirror: Mirror = None,
-    download: Download = False,
-    device: Device = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    *,
+    study_context: StudyContextFor,
 ) -> None:
     """Reproduce a study end to end: train (or reuse) its runs, score, compare, write results.
 
@@ -455,29 +507,17 @@ def reproduce(
     overrides = list(option or [])
     if model is not None:
         overrides.insert(0, f"model={model}")
-    ctx = _context(
-        out,
-        data_dir,
-        mirror,
-        download,
-        preset=preset,
-        steps=steps,
-        budget_minutes=budget,
-        overrides=tuple(set_ or []),
-        limit=limit,
-        device=device,
-        resume=resume,
-        progress=progress,
-    )
     from dgmood.studies import run_study
 
     # the default layout reports/<study> gets a reports/index.html of every study
-    result = run_study(study, ctx, overrides, index_dir=None if out_dir else REPORTS_DIR)
+    index_dir = None if out_dir else REPORTS_DIR
+    result = run_study(study, study_context(out), overrides, index_dir=index_dir)
     _print_result(result, out)
 
 
 @app.command()
 @user_errors
+@_with_study_context
 def benchmark(
     in_datasets: Annotated[
         list[str] | None,
@@ -498,25 +538,14 @@ def benchmark(
             "applies, training the auxiliary runs some need).",
         ),
     ] = None,
-    preset: Annotated[
-        str, typer.Option(help="Size preset of the runs: tiny, cpu or paper.")
-    ] = "cpu",
-    steps: Annotated[
-        int | None, typer.Option(help="Override the training steps of every run.")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
     train_limit: Annotated[
         int, typer.Option(help="In-distribution training images used to fit scores.")
     ] = 10_000,
     out_dir: Annotated[Path, typer.Option(help="Folder for runs and results.")] = Path(
         "reports/benchmark"
     ),
-    resume: Annotated[bool, typer.Option(help="Resume interrupted runs in OUT_DIR.")] = False,
-    data_dir: DataDir = None,
-    mirror: Mirror = None,
-    download: Download = False,
-    device: Device = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    *,
+    study_context: StudyContextFor,
 ) -> None:
     """OOD scores on a grid of in-distribution sets x OOD sets x models: AUROC [CI], AUPR,
     FPR@95TPR and cost per image, in one table (CSV + Markdown).
@@ -536,19 +565,7 @@ def benchmark(
     ):
         if values:
             options[key] = tuple(values)
-    ctx = _context(
-        out_dir,
-        data_dir,
-        mirror,
-        download,
-        preset=preset,
-        steps=steps,
-        limit=limit,
-        device=device,
-        resume=resume,
-        progress=progress,
-    )
-    result = run_study("benchmark", ctx, **options)
+    result = run_study("benchmark", study_context(out_dir), **options)
     _print_result(result, out_dir)
 
 

@@ -102,47 +102,40 @@ class InputComplexity(Score):
         )
 
 
-@register_score
-class InputComplexityPNG(InputComplexity):
-    """Bits/dim minus the PNG (deflate, level 9) length in bits/dim.
+_SERRA = (
+    'Serra et al., "Input complexity and out-of-distribution detection with likelihood-based '
+    'generative models", ICLR 2020.'
+)
+_LATER_CODEC = "Serra et al., ICLR 2020 (the compressor is a later lossless codec)."
 
-    References: Serra et al., "Input complexity and out-of-distribution detection with
-    likelihood-based generative models", ICLR 2020.
+# codec -> the compressor as `dgmood scores` names it, and what to cite: Serra et al. used
+# PNG and JPEG 2000; WebP and JPEG XL are later lossless codecs
+_COMPRESSORS = {
+    "png": ("PNG (deflate, level 9)", _SERRA),
+    "jp2": ("lossless JPEG 2000", _SERRA),
+    "webp": ("lossless WebP", _LATER_CODEC),
+    "jxl": ("lossless JPEG XL (effort 5)", _LATER_CODEC),
+}
+
+
+def _register_codec_scores() -> None:
+    """Register ``complexity-<codec>`` for every codec: the one score above, codec fixed.
+
+    A class per codec, because the registry lists one class per name (with its summary and
+    references); the classes differ in nothing but the codec.
     """
+    for codec_name in CODECS:
+        compressor, references = _COMPRESSORS[codec_name]
 
-    name = "complexity-png"
-    codec = "png"
+        @register_score
+        class CodecComplexity(InputComplexity):
+            __doc__ = (
+                f"Bits/dim minus the {compressor} length in bits/dim.\n\nReferences: {references}"
+            )
+            name = f"complexity-{codec_name}"
+            codec = codec_name
 
-
-@register_score
-class InputComplexityJPEG2000(InputComplexity):
-    """Bits/dim minus the lossless JPEG 2000 length in bits/dim.
-
-    References: Serra et al., "Input complexity and out-of-distribution detection with
-    likelihood-based generative models", ICLR 2020.
-    """
-
-    name = "complexity-jp2"
-    codec = "jp2"
+        CodecComplexity.__name__ = CodecComplexity.__qualname__ = f"InputComplexity[{codec_name}]"
 
 
-@register_score
-class InputComplexityWebP(InputComplexity):
-    """Bits/dim minus the lossless WebP length in bits/dim.
-
-    References: Serra et al., ICLR 2020 (the compressor is a later lossless codec).
-    """
-
-    name = "complexity-webp"
-    codec = "webp"
-
-
-@register_score
-class InputComplexityJPEGXL(InputComplexity):
-    """Bits/dim minus the lossless JPEG XL (effort 5) length in bits/dim.
-
-    References: Serra et al., ICLR 2020 (the compressor is a later lossless codec).
-    """
-
-    name = "complexity-jxl"
-    codec = "jxl"
+_register_codec_scores()

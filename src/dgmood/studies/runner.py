@@ -64,9 +64,11 @@ def evaluate_run(
     _, sets, metrics, figures, data = likelihood_comparison(
         run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
     )
+    # the folder's name, not its path: a report is shared, the machine's layout is not
+    folder = Path(run_dir).resolve().name
     result = StudyResult(
         study="evaluate",
-        title=f"Is {run.name} ({run_dir}) fooled by {', '.join(ood)}?",
+        title=f"Is {run.name} ({folder}) fooled by {', '.join(ood)}?",
         finding=likelihood_finding(run, run.config.data.dataset, metrics),
         tables=[sets, metrics],
         figures=figures,

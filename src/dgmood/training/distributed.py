@@ -8,9 +8,11 @@ pure functions of ``(seed, s)``) and keeps its contiguous slice of ``batch_size 
 world_size`` images. DistributedDataParallel averages the gradients, so an optimiser step
 equals a single-process step on the global batch up to float summation order. Actnorm's
 data-dependent initialisation all-reduces its statistics (:mod:`dgmood.nn.layers`), so every
-rank starts from the statistics of the whole initialisation batch. Rank 0 alone writes the
-run directory (config, checkpoints, metrics) and validates; the others wait at a barrier,
-and all ranks resume from the same checkpoint files. Backend: NCCL on GPUs, gloo on CPUs.
+rank starts from the statistics of the whole initialisation batch. Rank 0 loads the data
+first (downloading or copying it into the data directory) while the others wait, so no two
+processes write one data file. Rank 0 alone writes the run directory (config, checkpoints,
+metrics) and validates; the others wait at a barrier, and all ranks resume from the same
+checkpoint files. Backend: NCCL on GPUs, gloo on CPUs.
 
 The main loop (:func:`dgmood.training.loop.train`) takes a :class:`DataParallel` as its
 ``parallel`` argument; with none it is the single-process loop, unchanged.

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
 from dgmood.io import atomic_write_text, deferred_interrupts
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
+from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import build_model
 from dgmood.nn.precision import autocast_context
 from dgmood.runs import (
@@ -181,6 +182,33 @@ def evaluate_model(
     return {key: value / max(count, 1) for key, value in totals.items()}
 
 
+def rng_state(cuda_devices: Sequence[torch.device]) -> dict[str, Tensor | list[Tensor]]:
+    """The global random states training draws from: the CPU's and each CUDA device's.
+
+    Batches and dequantization noise come from their own seeded generators; these states
+    feed what draws from the global ones (dropout, a loss that samples), on the CPU or on
+    the GPU the model runs on. Tensors only, so a checkpoint stores them without pickle.
+    """
+    state: dict[str, Tensor | list[Tensor]] = {"torch_rng": torch.get_rng_state()}
+    if cuda_devices:
+        state["cuda_rng"] = [torch.cuda.get_rng_state(device) for device in cuda_devices]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], cuda_devices: Sequence[torch.device]) -> None:
+    """Set the states that :func:`rng_state` collected.
+
+    CUDA states go to ``cuda_devices`` in order, as many as both have: a checkpoint written
+    on a CPU (or before CUDA states were saved) leaves the CUDA generators as seeded, and a
+    GPU run resumed on a CPU has no device to put them in. In a data-parallel job every rank
+    restores rank 0's states into its own device: all ranks are seeded alike and draw alike
+    (equal shards), so their states are equal.
+    """
+    torch.set_rng_state(state["torch_rng"])
+    for device, cuda_state in zip(cuda_devices, state.get("cuda_rng", []), strict=False):
+        torch.cuda.set_rng_state(cuda_state, device)
+
+
 def _device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
@@ -195,6 +223,14 @@ def _build_model(config: RunConfig, device: torch.device) -> nn.Module:
     except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as error:
         family = type(config.model).family
         raise ValueError(f"cannot build a {family} model from this config: {error}") from None
+    if config.train.memory_light:
+        if not isinstance(model, MultiscaleFlow):
+            family = type(config.model).family
+            raise ValueError(
+                f"train.memory_light=true is only supported for flows (glow, glow-additive, "
+                f"cv-glow, realnvp), not {family}; use train.memory_light=false"
+            )
+        model.set_memory_light(True)
     model = model.to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -222,6 +258,38 @@ def _load_data(
             f"{len(train_set)} training images is fewer than one batch of {train_cfg.batch_size}"
         )
     return train_set, val_set
+
+
+def _load_data_rank_0_first(
+    config: RunConfig,
+    sources: DataSources,
+    train_set: ImageSet | None,
+    val_set: ImageSet | None,
+    parallel: DataParallel | None,
+) -> tuple[ImageSet, ImageSet | None]:
+    """:func:`_load_data`, in a data-parallel job by rank 0 before the other ranks.
+
+    Rank 0 prepares the files (downloads, copies from the mirror, verifies, extracts) while
+    the others wait; they then read files that are complete, so no two processes write one
+    data file at once. If rank 0 cannot load the data, every rank stops with its error
+    rather than waiting for a rank that is gone.
+    """
+    if parallel is None:
+        return _load_data(config, sources, train_set, val_set)
+    if parallel.is_writer:
+        try:
+            loaded = _load_data(config, sources, train_set, val_set)
+        except Exception as error:
+            parallel.broadcast(f"{type(error).__name__}: {error}")
+            raise
+        parallel.broadcast(None)
+        return loaded
+    failure = parallel.broadcast(None)
+    if failure is not None:
+        raise RuntimeError(
+            f"rank 0 could not load the data, so rank {parallel.rank} stops too: {failure}"
+        )
+    return _load_data(config, sources, train_set, val_set)
 
 
 def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
@@ -281,6 +349,11 @@ class _Session:
         """Whether this process writes the run directory (rank 0, or the only process)."""
         return self.parallel is None or self.parallel.is_writer
 
+    @property
+    def cuda_devices(self) -> list[torch.device]:
+        """The CUDA devices this process draws random numbers on (none on a CPU)."""
+        return [self.device] if self.device.type == "cuda" else []
+
     def global_mean(self, value: Tensor) -> Tensor:
         """``value`` averaged over data-parallel ranks (itself in a single process)."""
         return self.parallel.mean(value) if self.parallel is not None else value.detach()
@@ -302,7 +375,7 @@ class _Session:
         state = checkpoint.training_state
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng_state(state, self.cuda_devices)
         # forget log lines written after the checkpoint we resume from
         if not self.writer:
             return
@@ -361,8 +434,7 @@ class _Session:
         so a run that probes ends bit-identical to one that does not.
         """
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.no_grad(), torch.random.fork_rng(devices=self.cuda_devices):
             loss, _ = self.loss(step)
         for name, buffer in self.model.named_buffers():
             buffer.copy_(buffers[name])
@@ -383,7 +455,7 @@ class _Session:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_state(self.cuda_devices),
         }
         if self.writer:
             with deferred_interrupts():
@@ -439,7 +511,9 @@ def train(
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
     dev = _device(device)
-    train_set, val_set = _load_data(config, sources or DataSources(), train_set, val_set)
+    train_set, val_set = _load_data_rank_0_first(
+        config, sources or DataSources(), train_set, val_set, parallel
+    )
     model = _build_model(config, dev)
     writer = parallel is None or parallel.is_writer
     if parallel is not None:  # every rank has checked run_dir before rank 0 creates it

@@ -29,7 +29,9 @@ class Compose(Bijection):
     """Bijections applied in order; log-determinants add up.
 
     ``memory_light``: when gradients are needed, keep only the output and recompute the
-    inner activations from it in the backward pass (:mod:`dgmood.models.flows.reversible`).
+    inner activations from it in the backward pass (:mod:`dgmood.models.flows.reversible`);
+    set by whoever trains the model (:meth:`MultiscaleFlow.set_memory_light`), since it
+    changes how backprop stores activations, not the function or its parameters.
     Otherwise each initialised actnorm followed by an invertible 1x1 conv runs as one
     convolution (:mod:`dgmood.models.flows.fused`; weights cached in eval mode without
     gradients); ``fold = False`` runs every bijection by itself.
@@ -37,10 +39,10 @@ class Compose(Bijection):
 
     fold: bool = True
 
-    def __init__(self, bijections: Iterable[Bijection], memory_light: bool = False) -> None:
+    def __init__(self, bijections: Iterable[Bijection]) -> None:
         super().__init__()
         self.bijections = nn.ModuleList(bijections)
-        self.memory_light = memory_light
+        self.memory_light = False
 
     def _steps(self) -> list[Bijection]:
         return [b for b in self.bijections if isinstance(b, Bijection)]

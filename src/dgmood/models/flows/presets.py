@@ -56,9 +56,6 @@ class GlowConfig(ModelConfig):
     split_prior: Literal["conditional", "standard"] = "conditional"  # prior of factored-out z
     learn_top: bool = True  # learned per-channel mean/std of the top latent (else N(0, I))
     n_bits: int = 8  # bit depth of the modelled pixels (Glow used 5 on CelebA-HQ)
-    # recompute activations from outputs in backward instead of storing them (same
-    # gradients to round-off, activation memory flat in n_steps, ~1.5-2x the step time)
-    memory_light: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,6 @@ class RealNVPConfig(ModelConfig):
     hidden_channels: int = 64  # conditioner ResNet width
     n_blocks: int = 8  # residual blocks per conditioner
     n_bits: int = 8  # bit depth of the modelled pixels
-    memory_light: bool = False  # recompute activations in backward (see GlowConfig)
 
 
 def _input_spec(data: DataConfig, n_bits: int) -> InputSpec:
@@ -106,7 +102,7 @@ def build_glow(config: GlowConfig, data: DataConfig) -> MultiscaleFlow:
                 conv_cls(channels),
                 ChannelCoupling(channels, conditioner, transform),
             ]
-        levels.append(Compose(steps, memory_light=config.memory_light))
+        levels.append(Compose(steps))
         if level < config.n_levels - 1:
             keep = channels - channels // 2
             prior: Prior = (
@@ -154,7 +150,7 @@ def build_realnvp(config: RealNVPConfig, data: DataConfig) -> MultiscaleFlow:
             channels, size = channels * 4, size // 2
             for _ in range(3):
                 steps += channelwise()
-        levels.append(Compose(steps, memory_light=config.memory_light))
+        levels.append(Compose(steps))
         if not last:
             splits.append(Split(channels, StandardNormalPrior()))
             channels = channels - channels // 2
