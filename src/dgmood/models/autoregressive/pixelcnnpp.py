@@ -17,7 +17,6 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -30,14 +29,12 @@ from dgmood.models.base import DensityModel, InputSpec
 from dgmood.models.registry import register_family, register_presets
 from dgmood.nn.distributions import discretized_logistic_log_mass
 from dgmood.nn.shifted_conv import (
-    CausalConv2d,
     DownRightShiftedConv2d,
     DownRightShiftedConvTranspose2d,
     DownShiftedConv2d,
     DownShiftedConvTranspose2d,
     concat_elu,
     down_shift,
-    padded_concat_elu,
     right_shift,
 )
 
@@ -209,23 +206,15 @@ class GatedResNet(nn.Module):
     """``x + a * sigmoid(b)`` with ``[a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) +
     nin(concat_elu(skip)))))``; ``conv`` is a causal convolution class.
 
-    ``skip`` may be a sequence of tensors, which count as their concatenation along
-    channels. Every ``concat_elu`` is fused with the zero padding of the causal convolution
-    after it (:func:`padded_concat_elu`): the ``-x``, ``cat``, ELU and padding copies become
-    one buffer, written with half the ``exp`` calls. ``fused = False`` runs the reference
-    ops one by one (the same function; dropout then draws its mask before the padding).
-
     References:
         Salimans et al. 2017, PixelCNN++, section 2.4 / figure 2; van den Oord et al. 2016,
         "Conditional Image Generation with PixelCNN Decoders" (gating).
     """
 
-    fused: bool = True
-
     def __init__(
         self,
         n_filters: int,
-        conv: type[CausalConv2d],
+        conv: type[nn.Module],
         n_skip_streams: int = 0,
         dropout: float = 0.0,
     ) -> None:
@@ -236,21 +225,13 @@ class GatedResNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv_out = conv(2 * n_filters, 2 * n_filters)
 
-    def forward(self, x: Tensor, skip: Tensor | Sequence[Tensor] | None = None) -> Tensor:
-        skips = [skip] if isinstance(skip, Tensor) else list(skip or [])
-        if self.skip is not None and not skips:
-            raise ValueError("this GatedResNet was built with a skip input; pass `skip`")
-        if not self.fused:
-            hidden = self.conv_input(concat_elu(x))
-            if self.skip is not None:
-                hidden = hidden + self.skip(concat_elu(torch.cat(skips, dim=1)))
-            hidden = self.conv_out(self.dropout(concat_elu(hidden)))
-        else:
-            hidden = self.conv_input.conv(padded_concat_elu([x], self.conv_input.padding))
-            if self.skip is not None:
-                hidden = hidden + self.skip(padded_concat_elu(skips))
-            padded = padded_concat_elu([hidden], self.conv_out.padding)
-            hidden = self.conv_out.conv(self.dropout(padded))
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        hidden = self.conv_input(concat_elu(x))
+        if self.skip is not None:
+            if skip is None:
+                raise ValueError("this GatedResNet was built with a skip input; pass `skip`")
+            hidden = hidden + self.skip(concat_elu(skip))
+        hidden = self.conv_out(self.dropout(concat_elu(hidden)))
         value, gate = hidden.chunk(2, dim=1)
         return x + value * torch.sigmoid(gate)
 
@@ -369,7 +350,7 @@ class PixelCNNppNetwork(nn.Module):
                 _blocks(self.down_u[stage]), _blocks(self.down_ul[stage]), strict=True
             ):
                 u = u_res(u, u_skips.pop())
-                ul = ul_res(ul, (u, ul_skips.pop()))
+                ul = ul_res(ul, torch.cat([u, ul_skips.pop()], dim=1))
             if stage < self.n_downsample:
                 u = self.upsize_u[stage](u)
                 ul = self.upsize_ul[stage](ul)
