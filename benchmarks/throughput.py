@@ -82,23 +82,28 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
+    def training_loss(x: torch.Tensor) -> torch.Tensor:
+        if isinstance(model, Classifier):
+            return model.training_loss(x, labels)[0]
+        return model.training_loss(x)[0]
+
+    loss_fn = torch.compile(training_loss) if args.compile_training else training_loss
+
     def train_step() -> None:
         x = batch()
         with autocast_context(args.precision, device):
-            loss = (
-                model.training_loss(x, labels)[0]
-                if isinstance(model, Classifier)
-                else model.training_loss(x)[0]
-            )
+            loss = loss_fn(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(args.warmup):
+    start = time.perf_counter()
+    for _ in range(args.warmup):  # with --compile-training: compiles here
         train_step()
     sync(device)
+    warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.steps):
         train_step()
@@ -150,6 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "device": str(device),
         "channels_last": args.channels_last,
         "compile_scoring": args.compile,
+        "compile_training": args.compile_training,
+        "train_warmup_seconds": warmup_seconds,
         "precision": resolve_precision(args.precision, device),
         "train_images_per_s": train_per_s,
         "score_images_per_s": score_per_s,
@@ -178,6 +185,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action="store_true", help="torch.compile the scorer")
+    parser.add_argument(
+        "--compile-training", action="store_true", help="torch.compile the training loss"
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
     add_malloc_option(parser)
     args = parser.parse_args()

@@ -151,6 +151,11 @@ class TrainConfig:
     # storing them; same gradients to round-off, activation memory flat in depth, ~1.5-2x
     # the step time. How backprop runs, not what is trained: a run resumes with it switched
     memory_light: bool = False
+    # torch.compile the training loss (forward + backward): minutes of compilation before the
+    # first step (seconds with a warm cache), then PixelCNN++ trains 1.25-1.5x faster on CPU
+    # (docs/RESULTS.md, Speed); pays for long runs. How steps run, not what: a run resumes
+    # with it switched
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self, "train")

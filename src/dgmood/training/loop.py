@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -331,6 +331,10 @@ class _Session:
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
     loss_module: nn.Module | None = field(init=False, default=None)
+    # compute_loss(model, x, labels), compiled with train.compile
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] = field(
+        init=False, default_factory=lambda: compute_loss
+    )
 
     def __post_init__(self) -> None:
         if self.config.train.precision != "fp32" and not getattr(self.model, "bf16_safe", False):
@@ -343,6 +347,10 @@ class _Session:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
         if self.parallel is not None:
             self.loss_module = self.parallel.wrap(self.model)  # DDP: averages gradients
+        if self.config.train.compile:  # compiled at the first step, after actnorm's init
+            if self.loss_module is not None:
+                self.loss_module = cast(nn.Module, torch.compile(self.loss_module))
+            self.loss_fn = torch.compile(compute_loss)
 
     @property
     def writer(self) -> bool:
@@ -397,7 +405,7 @@ class _Session:
                 x, labels = self.parallel.shard(x), self.parallel.shard(labels)
                 loss, terms = self.loss_module(x, labels)
                 return loss, terms
-            return compute_loss(self.model, x, labels)
+            return self.loss_fn(self.model, x, labels)
 
     def update(self, loss: Tensor) -> float:
         """One optimiser step on ``loss``; returns the gradient norm before clipping."""
