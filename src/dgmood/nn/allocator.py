@@ -4,15 +4,18 @@ PyTorch's CPU allocator is plain ``malloc``. With glibc's defaults, a tensor of 
 or more is served by ``mmap`` (or from the top of the heap, which is trimmed on ``free``),
 so every forward pass returns its activations to the kernel and page-faults them back in,
 zero-filled, on the next batch. On the 2-core CPU machines we measured, that cost more than
-the convolutions: Glow scoring ran 1.6-1.8x faster and single fp32 convolutions 2.6-5x
-faster once freed memory stayed in the heap (docs/RESULTS.md, "The malloc lever").
+the convolutions: scoring-only processes (``dgmood score``, ``evaluate``) ran 1.6-1.9x
+faster for Glow, RealNVP and PixelCNN++ once freed memory stayed in the heap
+(docs/RESULTS.md, "The malloc lever").
 
-:func:`tune_malloc` raises glibc's mmap threshold to its maximum (32 MiB) and its trim
-threshold to 1 GiB, for the rest of the process. Peak memory does not grow (the same
-blocks are reused); memory freed after a peak is kept (up to 1 GiB) instead of being
-returned at once. The command line calls it for every command; library users opt in.
-Setting any ``MALLOC_*_`` variable yourself, or ``DGMOOD_MALLOC=default``, leaves malloc
-alone. This module imports nothing heavy, so the CLI can call it before torch loads.
+:func:`tune_malloc` stops glibc from serving allocations with ``mmap`` (every block then
+comes from the heap, whatever its size; glibc still falls back to ``mmap`` if the heap
+cannot grow) and raises its trim threshold to 1 GiB, for the rest of the process. Peak
+memory barely changes (the same blocks are reused; +0-10% max RSS measured); memory freed
+after a peak is kept (up to 1 GiB at the top of the heap) instead of being returned at
+once. The command line calls it for every command; library users opt in. Setting any
+``MALLOC_*_`` variable (or ``GLIBC_TUNABLES``) yourself, or ``DGMOOD_MALLOC=default``,
+leaves malloc alone. This module imports nothing heavy, so the CLI can call it before torch loads.
 """
 
 from __future__ import annotations
@@ -24,17 +27,21 @@ import sys
 
 # glibc's mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 
-#: the largest mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
-MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_USER_SETTINGS = (
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "GLIBC_TUNABLES",
+)
 _applied = False
 
 
-def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
+def tune_malloc(trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Keep freed tensor memory for reuse (glibc only); returns whether it changed anything.
 
     Does nothing (and returns False) on other C libraries and platforms, when the user set
@@ -55,9 +62,8 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
     libc = _glibc()
     if libc is None:
         return False
-    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
-    )
+    no_mmap = bool(libc.mallopt(M_MMAP_MAX, 0))
+    ok = no_mmap and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
     _applied = ok
     return ok
 
