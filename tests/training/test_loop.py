@@ -245,7 +245,7 @@ def test_cuda_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_training_takes_the_same_steps(tmp_path: Path, sources: DataSources) -> None:
     """train.compile changes how a step runs, not the run: same losses and weights."""
-    config = tiny_run(steps=4, eval_every=0)
+    config = tiny_run(steps=4)
     compiled = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=True))
     eager = train(config, tmp_path / "eager", sources=sources, progress=False)
     torch._dynamo.reset()

@@ -349,8 +349,8 @@ class _Session:
             self.loss_module = self.parallel.wrap(self.model)  # DDP: averages gradients
         if self.config.train.compile:  # compiled at the first step, after actnorm's init
             if self.loss_module is not None:
-                self.loss_module = cast(nn.Module, torch.compile(self.loss_module))
-            self.loss_fn = torch.compile(compute_loss)
+                self.loss_module = cast(nn.Module, torch.compile(self.loss_module, dynamic=False))
+            self.loss_fn = torch.compile(compute_loss, dynamic=False)
 
     @property
     def writer(self) -> bool:
