@@ -132,6 +132,7 @@ class GlowConditioner(nn.Module):
             fold_zero_conv(conv_out),
         ]
 
+    @torch.compiler.disable  # a Python branch on buffer values: not traced by torch.compile
     def _initialized(self) -> bool:
         return all(bool(m.initialized) for m in self.net if isinstance(m, ActNormLayer))
 
