@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             return model.training_loss(x, labels)[0]
         return model.training_loss(x)[0]
 
-    loss_fn = torch.compile(training_loss) if args.compile_training else training_loss
+    loss_fn = (
+        torch.compile(training_loss, dynamic=False) if args.compile_training else training_loss
+    )
 
     def train_step() -> None:
         x = batch()
