@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dgmood.cli.main import app
+from dgmood.reporting.runs_table import summarize_run
 
 runner = CliRunner()
 
@@ -123,6 +124,9 @@ def test_train_budget_trains_until_the_budget_unless_steps_cap_it(
     assert "trained 1 steps" in result.output  # the budget, not the preset's steps, ended it
     config = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["train"]
     assert config["steps"] >= 10**9 and config["budget_minutes"] == 1e-9
+    assert summarize_run(tmp_path / "a").progress == "1 (budget 1e-09 min)"  # not "1 / 10**9"
+    listed = invoke("runs", str(tmp_path))
+    assert listed.exit_code == 0 and "budget" in listed.output and "done" in listed.output
     result = invoke(
         "train", "glow", "--run-dir", str(tmp_path / "b"), "--budget", "60",
         "--set", "train.steps=2", *common,

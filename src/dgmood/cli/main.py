@@ -712,9 +712,7 @@ def runs(
     table.columns[0].overflow = "fold"
     colours = {"done": "green", "interrupted": "yellow"}
     for run in found:
-        step = "-" if run.step is None else str(run.step)
-        if run.steps is not None:
-            step += f" / {run.steps}"
+        step = run.progress
         last = " ".join(f"{k}={v:.4f}" for k, v in run.last_val.items()) or run.note or "-"
         colour = colours.get(run.status, "red")
         shown = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dgmood.config import UNTIL_BUDGET
 from dgmood.runs import BUDGET_REACHED, CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 SKIPPED_DIRS = {".venv", "venv", "node_modules", "__pycache__", ".git", "scores"}
@@ -33,6 +34,15 @@ class RunSummary:
     steps: int | None  # train.steps of the config
     last_val: dict[str, float]  # the last validation record of metrics.jsonl (val_* keys)
     note: str = ""  # why a run is unreadable
+    budget_minutes: float = 0.0  # train.budget_minutes of the config (0 = none)
+
+    @property
+    def progress(self) -> str:
+        """``step / steps``, or ``step (budget M min)`` for a run that trains until its budget."""
+        shown = "-" if self.step is None else str(self.step)
+        if self.steps is not None and self.steps >= UNTIL_BUDGET and self.budget_minutes > 0:
+            return f"{shown} (budget {self.budget_minutes:g} min)"
+        return shown if self.steps is None else f"{shown} / {self.steps}"
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
@@ -79,6 +89,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         dataset = str(config.get("data", {}).get("dataset", "?"))
         steps = config.get("train", {}).get("steps")
         steps = int(steps) if steps is not None else None
+        budget = float(config.get("train", {}).get("budget_minutes") or 0.0)
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as error:
         return RunSummary(run_dir, UNREADABLE, "?", "?", None, None, {}, f"config: {error}")
     weights = run_dir / MODEL_FILE
@@ -91,7 +102,9 @@ def summarize_run(run_dir: Path) -> RunSummary:
         return RunSummary(run_dir, UNREADABLE, model, dataset, None, steps, {}, str(error))
     budget_reached = metadata.get(BUDGET_REACHED) == "1"
     status = DONE if steps is None or step >= steps or budget_reached else INTERRUPTED
-    return RunSummary(run_dir, status, model, dataset, step, steps, last_validation(run_dir))
+    return RunSummary(
+        run_dir, status, model, dataset, step, steps, last_validation(run_dir), "", budget
+    )
 
 
 def list_runs(root: str | os.PathLike[str]) -> list[RunSummary]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dgmood.config import RunConfig
+from dgmood.config import UNTIL_BUDGET, RunConfig
 from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
@@ -557,7 +557,7 @@ def _run_steps(
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     bar = tqdm(
-        total=train_cfg.steps,
+        total=None if train_cfg.steps >= UNTIL_BUDGET else train_cfg.steps,  # until the budget
         initial=start_step,
         disable=not progress,
         desc="train",
