@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,6 +60,19 @@ class ActNormLayer(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
         self.eps = eps
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # a Python copy of ``initialized`` once it is True
+
+    @property
+    def ready(self) -> bool:
+        """Whether the data-dependent init has run. After the first True it is a Python bool,
+        so ``torch.compile`` guards on it instead of breaking the graph to read a buffer."""
+        if not self._ready and bool(self.initialized):
+            self._ready = True
+        return self._ready
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # read the loaded buffer again
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -68,7 +83,7 @@ class ActNormLayer(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and not bool(self.initialized):
+        if self.training and not self.ready:
             self.initialize(x)
         return (x + self.bias) * torch.exp(self.log_scale)
 
@@ -132,9 +147,10 @@ class GlowConditioner(nn.Module):
             fold_zero_conv(conv_out),
         ]
 
-    @torch.compiler.disable  # a Python branch on buffer values: not traced by torch.compile
     def _initialized(self) -> bool:
-        return all(bool(m.initialized) for m in self.net if isinstance(m, ActNormLayer))
+        norm_in, norm_mid = self.net[1], self.net[4]
+        assert isinstance(norm_in, ActNormLayer) and isinstance(norm_mid, ActNormLayer)
+        return norm_in.ready and norm_mid.ready
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.fold or (self.training and not self._initialized()):

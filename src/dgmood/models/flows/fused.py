@@ -47,7 +47,7 @@ def fused_forward(steps: Sequence[Bijection], x: Tensor) -> tuple[Tensor, Tensor
             isinstance(step, ActNorm)
             and isinstance(following, InvertibleConv1x1)
             # in training, the first pass initialises actnorm from its unfolded input
-            and (not step.training or bool(step.layer.initialized))
+            and (not step.training or step.layer.ready)
         ):
             weight, bias, log_det = _folded(step, following)
             x = mix_channels(x, weight, bias)
@@ -73,7 +73,7 @@ class FoldedActNormConv(Bijection):
         self.conv = conv
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.actnorm.training and not bool(self.actnorm.layer.initialized):
+        if self.actnorm.training and not self.actnorm.layer.ready:
             h, log_det_norm = self.actnorm(x)  # data-dependent init sees the real input
             z, log_det_conv = self.conv(h)
             return z, log_det_norm + log_det_conv
