@@ -187,7 +187,7 @@ def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-#: model/checkpoint metadata key marking a run whose ``train.budget_minutes`` ended it
+#: model-file metadata key marking a run whose ``train.budget_minutes`` ended it
 BUDGET_REACHED = "budget_reached"
 
 
@@ -210,11 +210,10 @@ def save_model(
     save_tensor_file(path, tensors, metadata)
 
 
-def is_finished(metadata: dict[str, str], config: RunConfig) -> bool:
-    """Whether a model file's ``metadata`` marks ``config``'s training as done: all
-    ``train.steps`` taken, or stopped by its ``train.budget_minutes``."""
-    step = int(metadata.get("step", 0))
-    return step >= config.train.steps or metadata.get(BUDGET_REACHED) == "1"
+def is_finished(metadata: dict[str, str], steps: int) -> bool:
+    """Whether a model file's ``metadata`` marks its training of ``steps`` (``train.steps``)
+    as done: all steps taken, or stopped by its ``train.budget_minutes``."""
+    return int(metadata.get("step", 0)) >= steps or metadata.get(BUDGET_REACHED) == "1"
 
 
 def read_model_metadata(path: Path) -> dict[str, str]:
@@ -265,7 +264,7 @@ class Checkpoint:
     step: int
     model_state: dict[str, Tensor]
     training_state: dict[str, Any]  # optimizer, scheduler, RNG: tensors and plain values
-    budget_reached: bool = False  # the time budget ended training at ``step``
+    budget_reached: bool = False  # the time budget ended training at ``step`` (model file)
 
 
 def save_checkpoint(run_dir: Path, config: RunConfig, checkpoint: Checkpoint) -> None:
@@ -281,8 +280,6 @@ def save_checkpoint(run_dir: Path, config: RunConfig, checkpoint: Checkpoint) ->
         "step": str(checkpoint.step),
         "training_state": json.dumps(tree),
     }
-    if checkpoint.budget_reached:
-        metadata[BUDGET_REACHED] = "1"
     save_tensor_file(run_dir / CHECKPOINT_FILE, tensors, metadata)
     save_model(
         checkpoint.model_state,

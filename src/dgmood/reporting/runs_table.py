@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from dgmood.config import UNTIL_BUDGET
-from dgmood.runs import BUDGET_REACHED, CONFIG_FILE, METRICS_FILE, MODEL_FILE
+from dgmood.runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE, is_finished
 
 SKIPPED_DIRS = {".venv", "venv", "node_modules", "__pycache__", ".git", "scores"}
 DONE, INTERRUPTED, FAILED, UNREADABLE = "done", "interrupted", "failed", "unreadable"
@@ -100,8 +100,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         step = int(metadata.get("step", 0))
     except (OSError, ValueError) as error:
         return RunSummary(run_dir, UNREADABLE, model, dataset, None, steps, {}, str(error))
-    budget_reached = metadata.get(BUDGET_REACHED) == "1"
-    status = DONE if steps is None or step >= steps or budget_reached else INTERRUPTED
+    status = DONE if steps is None or is_finished(metadata, steps) else INTERRUPTED
     return RunSummary(
         run_dir, status, model, dataset, step, steps, last_validation(run_dir), "", budget
     )

@@ -595,7 +595,11 @@ def _run_steps(
                 history.append(record)
                 running, running_count = {}, 0
             is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
-            if session.val_set is not None and (is_eval or done == train_cfg.steps):
+            out_of_time = done < train_cfg.steps and budget_exceeded(
+                started, train_cfg.budget_minutes, session.parallel
+            )
+            last = done == train_cfg.steps or out_of_time  # validated and checkpointed
+            if session.val_set is not None and (is_eval or last):
                 record = session.validate(done)
                 if session.writer:
                     append_metrics(run_dir, record)
@@ -607,18 +611,10 @@ def _run_steps(
                     )
                     bar.write(" ".join(values))
             every = train_cfg.checkpoint_every
-            if (every > 0 and done % every == 0) or done == train_cfg.steps:
-                session.checkpoint(done)
+            if (every > 0 and done % every == 0) or last:
+                session.checkpoint(done, budget_reached=out_of_time)
                 last_good_step = done
-            if done < train_cfg.steps and budget_exceeded(
-                started, train_cfg.budget_minutes, session.parallel
-            ):
-                if session.val_set is not None and not is_eval:  # the run's final validation
-                    record = session.validate(done)
-                    if session.writer:
-                        append_metrics(run_dir, record)
-                    history.append(record)
-                session.checkpoint(done, budget_reached=True)
+            if out_of_time:
                 stopped_at = done
                 if progress:
                     bar.write(
@@ -650,7 +646,8 @@ def train_or_reuse(
     run_dir = Path(run_dir)
     if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists() and not resume:
         stored = RunConfig.load(run_dir / CONFIG_FILE)
-        if stored == config and is_finished(read_model_metadata(run_dir / MODEL_FILE), config):
+        metadata = read_model_metadata(run_dir / MODEL_FILE)
+        if stored == config and is_finished(metadata, config.train.steps):
             return False
     train(config, run_dir, sources=sources, resume=resume, device=device, progress=progress)
     return True
