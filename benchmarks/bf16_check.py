@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.throughput import add_malloc_option, apply_malloc_option
+from benchmarks.throughput import parse_with_malloc
 from dgmood.data.loading import DataSources
 from dgmood.inference import score_images
 from dgmood.nn.precision import autocast_context, cpu_flags, has_native_bf16
@@ -40,9 +40,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="/tmp/dgmood-bf16-check")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--trained", help="score this finished run instead of training one")
-    add_malloc_option(parser)
-    args = parser.parse_args()
-    apply_malloc_option(args)
+    args = parse_with_malloc(parser)
     sources = DataSources()
     started = time.perf_counter()
     if args.trained:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.throughput import add_malloc_option, apply_malloc_option, machine
+from benchmarks.throughput import machine, parse_with_malloc
 from dgmood.data.loading import DataSources
 from dgmood.inference import score_images
 from dgmood.nn.layers import GlowConditioner
@@ -120,9 +120,7 @@ def main() -> None:
     parser.add_argument("--trained", required=True, help="a finished Glow run directory")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    add_malloc_option(parser)
-    args = parser.parse_args()
-    apply_malloc_option(args)
+    args = parse_with_malloc(parser)
     torch.set_num_threads(1)
     run = load_run(args.trained)
     model = run.model.eval()

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.throughput import add_malloc_option, apply_malloc_option, machine
+from benchmarks.throughput import machine, parse_with_malloc
 from dgmood.config import DataConfig
 from dgmood.models.flows.multiscale import MultiscaleFlow
 from dgmood.models.flows.presets import GlowConfig
@@ -272,9 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", default=[], help="variants of ours to run, e.g. ours_fp32 ours_bf16"
     )
-    add_malloc_option(parser)
-    args = parser.parse_args()
-    apply_malloc_option(args)
+    args = parse_with_malloc(parser)
     print(json.dumps(run(args)))
 
 

@@ -27,8 +27,9 @@ from dgmood.nn.allocator import is_tuned, tune_malloc
 from dgmood.nn.precision import autocast_context, resolve_precision
 
 
-def add_malloc_option(parser: argparse.ArgumentParser) -> None:
-    """``--malloc tuned|default``: :func:`dgmood.nn.allocator.tune_malloc` (as the CLI) or not."""
+def parse_with_malloc(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser``'s arguments plus ``--malloc tuned|default``, applied before returning:
+    :func:`dgmood.nn.allocator.tune_malloc` (as the CLI does) or glibc's own settings."""
     parser.add_argument(
         "--malloc",
         choices=["tuned", "default"],
@@ -36,11 +37,10 @@ def add_malloc_option(parser: argparse.ArgumentParser) -> None:
         help="tuned: keep freed tensors in the heap, as the dgmood CLI does (default); "
         "default: glibc's own settings",
     )
-
-
-def apply_malloc_option(args: argparse.Namespace) -> None:
+    args = parser.parse_args()
     if args.malloc == "tuned":
         tune_malloc()
+    return args
 
 
 def machine() -> dict[str, object]:
@@ -191,9 +191,7 @@ def main() -> None:
         "--compile-training", action="store_true", help="torch.compile the training loss"
     )
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
-    add_malloc_option(parser)
-    args = parser.parse_args()
-    apply_malloc_option(args)
+    args = parse_with_malloc(parser)
     print(json.dumps(run(args)))
 
 
