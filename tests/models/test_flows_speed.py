@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -41,6 +44,16 @@ def make_flow(name: str, memory_light: bool = False, seed: int = 0) -> Multiscal
         model.log_prob(torch.rand(16, 1, 8, 8, dtype=torch.float64) - 0.5)
     perturb(model)
     return model
+
+
+@contextlib.contextmanager
+def unfolded() -> Iterator[None]:
+    """Run the flows layer by layer (no actnorm folding), as the reference."""
+    Compose.fold = GlowConditioner.fold = False
+    try:
+        yield
+    finally:
+        Compose.fold = GlowConditioner.fold = True
 
 
 def images(n: int = 6, seed: int = 2) -> torch.Tensor:
@@ -110,11 +123,8 @@ def test_folded_evaluation_equals_step_by_step(name: str) -> None:
     x = images()
     with torch.no_grad():
         folded = model.log_prob_terms(x)
-        Compose.fold = GlowConditioner.fold = False
-        try:
+        with unfolded():
             plain = model.log_prob_terms(x)
-        finally:
-            Compose.fold = GlowConditioner.fold = True
     for key in plain:
         torch.testing.assert_close(folded[key], plain[key], rtol=0, atol=1e-9, msg=key)
 
@@ -143,11 +153,8 @@ def test_cached_weights_follow_parameter_changes() -> None:
     model.eval()
     with torch.no_grad():
         after_step = model.log_prob(x)
-        Compose.fold = GlowConditioner.fold = False
-        try:
+        with unfolded():
             reference = model.log_prob(x)
-        finally:
-            Compose.fold = GlowConditioner.fold = True
     torch.testing.assert_close(after_step, reference, rtol=0, atol=1e-9)
     assert not torch.allclose(after_step, before)
 
@@ -177,11 +184,8 @@ def gradients(model: MultiscaleFlow) -> tuple[torch.Tensor, torch.Tensor, dict[s
 def test_folded_training_gradients_equal_unfolded(name: str) -> None:
     model = make_flow(name)
     folded = gradients(model)
-    Compose.fold = GlowConditioner.fold = False
-    try:
+    with unfolded():
         plain = gradients(model)
-    finally:
-        Compose.fold = GlowConditioner.fold = True
     torch.testing.assert_close(folded[0], plain[0], rtol=0, atol=1e-10)
     torch.testing.assert_close(folded[1], plain[1], rtol=1e-9, atol=1e-11)
     assert folded[2].keys() == plain[2].keys()

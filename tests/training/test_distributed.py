@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from dgmood.data.loading import DataSources
 from dgmood.models.registry import resolve_model
 from dgmood.reporting.runs_table import summarize_run
 from dgmood.runs import load_checkpoint, read_metrics
-from dgmood.training.loop import train, train_or_reuse
+from dgmood.training.loop import TrainResult, train, train_or_reuse
 
 # float32 throughout; the only difference between the runs is the order of float sums
 # (two half-batch gradient means averaged by all-reduce vs one full-batch mean, and
@@ -52,6 +53,19 @@ def run_config(steps: int) -> RunConfig:
     )
 
 
+def train_synthetic(config: RunConfig, run_dir: Path | str, **kwargs: Any) -> TrainResult:
+    """``train`` on CPU, quietly, on the synthetic train and validation images."""
+    return train(
+        config,
+        run_dir,
+        device="cpu",
+        progress=False,
+        train_set=images(),
+        val_set=images(32, seed=1),
+        **kwargs,
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,16 +79,7 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int, res
     _join_params(rank, world_size, port)
     parallel = setup("gloo")
     try:
-        train(
-            run_config(steps),
-            run_dir,
-            resume=resume,
-            device="cpu",
-            progress=False,
-            train_set=images(),
-            val_set=images(32, seed=1),
-            parallel=parallel,
-        )
+        train_synthetic(run_config(steps), run_dir, resume=resume, parallel=parallel)
     finally:
         teardown()
 
@@ -191,14 +196,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path) -> None:
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     torch.set_num_threads(1)
-    train(
-        run_config(6),
-        single,
-        device="cpu",
-        progress=False,
-        train_set=images(),
-        val_set=images(32, seed=1),
-    )
+    train_synthetic(run_config(6), single)
     train_parallel(parallel, 6)
     assert_same_weights(single, parallel)
     single_log, parallel_log = read_metrics(single), read_metrics(parallel)
@@ -225,14 +223,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
     budgeted = dataclasses.replace(
         config, train=dataclasses.replace(config.train, budget_minutes=1e-9)
     )
-    result = train(
-        budgeted,
-        tmp_path / "run",
-        device="cpu",
-        progress=False,
-        train_set=images(),
-        val_set=images(32, seed=1),
-    )
+    result = train_synthetic(budgeted, tmp_path / "run")
     assert result.step == 1
     assert load_checkpoint(tmp_path / "run").step == 1
     # a run its budget ended is finished: validated, listed as done, reused as it is
@@ -242,24 +233,9 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
         train_or_reuse(budgeted, tmp_path / "run", sources=DataSources(str(tmp_path / "none")))
         is False
     )
-    resumed = train(
-        config,
-        tmp_path / "run",
-        resume=True,
-        device="cpu",
-        progress=False,
-        train_set=images(),
-        val_set=images(32, seed=1),
-    )
+    resumed = train_synthetic(config, tmp_path / "run", resume=True)
     assert resumed.step == 6
-    straight = train(
-        config,
-        tmp_path / "straight",
-        device="cpu",
-        progress=False,
-        train_set=images(),
-        val_set=images(32, seed=1),
-    )
+    straight = train_synthetic(config, tmp_path / "straight")
     assert straight.step == 6
     assert_same_weights(tmp_path / "run", tmp_path / "straight")
 
@@ -274,14 +250,7 @@ def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
         cfg = dataclasses.replace(
             config, train=dataclasses.replace(config.train, precision=precision)
         )
-        result = train(
-            cfg,
-            tmp_path / precision,
-            device="cpu",
-            progress=False,
-            train_set=images(),
-            val_set=images(32, seed=1),
-        )
+        result = train_synthetic(cfg, tmp_path / precision)
         losses[precision] = [r["loss"] for r in result.history if "loss" in r]
     assert losses["auto"] == pytest.approx(losses["fp32"], rel=2e-2)
 
