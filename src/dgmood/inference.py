@@ -12,7 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,15 @@ from tqdm.auto import tqdm
 from dgmood.data.dequantize import DequantMode, to_model_input
 from dgmood.data.imageset import ImageSet
 from dgmood.io import atomic_write_bytes
-from dgmood.models.base import Classifier, DensityModel, bits_per_dim
+from dgmood.models.base import (
+    Capability,
+    Classifier,
+    DensityModel,
+    ImportanceWeighted,
+    Reconstructs,
+    bits_per_dim,
+)
+from dgmood.models.registry import model_capabilities, spec_of_model
 from dgmood.runs import SCORES_DIR, read_score_cache
 
 STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
@@ -63,7 +71,7 @@ def score_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = model.input_spec
     device = next(model.parameters()).device
-    stochastic = isinstance(model, DensityModel) and model.stochastic_log_prob
+    stochastic = Capability.STOCHASTIC_LOG_PROB in model_capabilities(model)
     if stochastic:  # whole blocks per batch, so that block boundaries never move
         batch_size = max(STOCHASTIC_BLOCK, batch_size // STOCHASTIC_BLOCK * STOCHASTIC_BLOCK)
     was_training = model.training
@@ -98,19 +106,19 @@ def score_images(
 
 
 def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Tensor]:
-    if isinstance(model, Classifier):
-        features = model.features(x)
-        return {"logits": model.head(features), "features": features}
-    if not isinstance(model, DensityModel):
-        raise TypeError(f"cannot score with {type(model).__name__}")
-    spec = model.input_spec
-    stats = dict(model.log_prob_terms(x))
+    family = spec_of_model(model)
+    if family.kind == "classifier":
+        classifier = cast(Classifier, model)
+        features = classifier.features(x)
+        return {"logits": classifier.head(features), "features": features}
+    density = cast(DensityModel, model)
+    spec = density.input_spec
+    stats = dict(density.log_prob_terms(x))
     stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
     if iwae_k > 0:
-        iwae_log_prob = getattr(model, "iwae_log_prob", None)
-        if iwae_log_prob is None:
-            raise ValueError(f"{type(model).__name__} has no importance-weighted bound (IWAE)")
-        stats["iwae_log_prob"] = iwae_log_prob(x, iwae_k)
+        if Capability.IWAE not in model_capabilities(model):
+            raise ValueError(f"{family.name} has no importance-weighted bound (IWAE)")
+        stats["iwae_log_prob"] = cast(ImportanceWeighted, model).iwae_log_prob(x, iwae_k)
         stats["iwae_bits_per_dim"] = bits_per_dim(stats["iwae_log_prob"], spec)
     return stats
 
@@ -186,10 +194,9 @@ def classify_images(
 @torch.no_grad()
 def reconstruct_images(model: DensityModel, images: Tensor) -> Tensor:
     """A VAE's reconstructions of uint8 ``images``, as floats in [0, 1] for display."""
-    reconstruct = getattr(model, "reconstruct", None)
-    if reconstruct is None:
-        raise ValueError(f"{type(model).__name__} cannot reconstruct images")
+    if Capability.RECONSTRUCTION not in model_capabilities(model):
+        raise ValueError(f"{spec_of_model(model).name} cannot reconstruct images")
     device = next(model.parameters()).device
     x = to_model_input(images, model.input_spec, "center").to(device)
-    result: Tensor = reconstruct(x)
+    result: Tensor = cast(Reconstructs, model).reconstruct(x)
     return result.clamp(0, 1).cpu()

@@ -22,15 +22,15 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from torch import Tensor
 
 from dgmood.config import RunConfig
+from dgmood.models.base import Capability, ModelKind
 from dgmood.runs import LoadedRun
 
-ModelKind = Literal["density", "classifier"]
 Stats = Mapping[str, np.ndarray]
 
 
@@ -84,6 +84,8 @@ class Score(ABC):
     needs_stats: ClassVar[tuple[str, ...]] = ()  # statistics the main run must provide
     uses_model: ClassVar[bool] = False  # runs the model itself (slower, not cached)
     needs_fit: ClassVar[bool] = False  # must see in-distribution training data first
+    # what the main run's model family must be able to do (its FamilySpec's capabilities)
+    requires: ClassVar[frozenset[Capability]] = frozenset()
 
     def aux_runs(self, config: RunConfig) -> dict[str, RunConfig]:
         """Auxiliary runs this score needs, as configs derived from the main run's config."""
@@ -98,11 +100,9 @@ class Score(ABC):
         """One float64 score per image, higher = more likely OOD."""
 
     def applies_to(self, run: LoadedRun) -> bool:
-        """Whether this score can be computed with ``run`` as the main run."""
-        from dgmood.models.base import Classifier, DensityModel
-
-        kind = DensityModel if self.model_kind == "density" else Classifier
-        return isinstance(run.model, kind)
+        """Whether this score can be computed with ``run`` as the main run: a model of its
+        kind whose family has every capability it :attr:`requires`."""
+        return run.spec.kind == self.model_kind and self.requires <= run.capabilities
 
     @classmethod
     def summary(cls) -> str:

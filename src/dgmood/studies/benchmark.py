@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from dgmood.config import RunConfig
 from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, compare_scores
 from dgmood.evaluation.compare import prepare_input as prepare
-from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.runs import LoadedRun, read_metrics
 from dgmood.scores.base import Score, make_score, score_names
@@ -75,8 +74,7 @@ def benchmark_model(
     scoring: ScoringOptions,
 ) -> list[BenchmarkRow]:
     """Train or reuse ``model`` on ``in_dataset`` (and aux runs), compare scores on each OOD set."""
-    role = f"{in_dataset}-{model}"
-    run = ctx.obtain_run(role, run_preset(model, ctx.preset, in_dataset))
+    run = ctx.obtain_model(model, in_dataset)
     data = run.config.data
     with ctx.timed("score sets"):
         in_test_set = ctx.load_set(in_dataset, data.val_split, data)
@@ -90,7 +88,7 @@ def benchmark_model(
         for aux_name, config in score.aux_runs(run.config).items():
             if aux_name not in aux:
                 asked[aux_name] = config
-                aux[aux_name] = ctx.obtain_run(f"{role}-{aux_name}", config)
+                aux[aux_name] = ctx.obtain(config)
             elif asked[aux_name] != config:
                 raise ValueError(f"two scores ask for different auxiliary runs named {aux_name!r}")
             seconds += training_seconds(aux[aux_name])
@@ -212,7 +210,8 @@ class Benchmark(Study[BenchmarkOptions]):
                 raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
             for model in o.models:
                 rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring)
-                runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(f"{in_dataset}-{model}"))
+                config = ctx.run_config(model, in_dataset)
+                runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
         missing = set(o.scores) - {r.comparison.score for r in rows}
         if o.scores and missing:
             raise ValueError(
