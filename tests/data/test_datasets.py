@@ -287,3 +287,32 @@ def test_copied_files_get_ordinary_permissions(tmp_path: Path) -> None:
     assert written.read_bytes() == packed.read_bytes()
     assert written.stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 would stick
     assert [p.name for p in written.parent.iterdir()] == [written.name]
+
+
+def test_download_fetches_only_the_needed_gz_files(
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--download goes through torchvision's download_url (which checks the md5); a failed
+    download names the file and every mirror tried."""
+    import torchvision.datasets.utils as tv_utils
+
+    fetched: list[str] = []
+
+    def fake_download(url: str, root: str, filename: str, md5: str) -> None:
+        fetched.append(filename)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / "mnist" / filename, Path(root) / filename)
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    s = load_dataset("mnist", "test", data_dir=tmp_path, mirror=tmp_path / "none", download=True)
+    assert len(s) == 10_000 and sorted(fetched) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+
+    def offline(url: str, root: str, filename: str, md5: str) -> None:
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    with pytest.raises(DataError, match=r"cannot download train-images-idx3-ubyte\.gz.*no network"):
+        load_dataset("mnist", "train", data_dir=tmp_path, mirror=tmp_path / "none", download=True)

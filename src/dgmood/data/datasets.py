@@ -115,13 +115,16 @@ def _mnist_like(name: str, cls: type[tvd.MNIST]) -> Callable[[LoadRequest], Imag
         if not packed.exists() and req.download:
             from torchvision.datasets.utils import download_url
 
-            for url_base in cls.mirrors:
+            failures = []
+            for url_base in cls.mirrors:  # torchvision's mirrors; it checks the md5
                 try:
                     download_url(f"{url_base}{filename}", str(raw), filename, md5)
                     checked = True
                     break
-                except Exception:  # noqa: BLE001 (torchvision raises many kinds; try the next)
-                    continue
+                except Exception as err:  # any failure of one mirror: try the next
+                    failures.append(f"{url_base}: {err}")
+            else:
+                raise DataError(f"cannot download {filename}: " + "; ".join(failures))
         if packed.exists():
             if req.verify and not checked:
                 verify_md5(packed, md5)
