@@ -100,14 +100,20 @@ def _sources(data_dir: Path | None, mirror: Path | None, download: bool) -> Any:
 @app.command()
 def datasets() -> None:
     """List the datasets dgmood knows, with shape and how to get them."""
-    from dgmood.data.datasets import DATASETS
+    from dgmood.data.datasets import DATASETS, DERIVED_SPLITS
 
-    table = Table("name", "channels", "size", "splits", "how to get")
+    table = Table("name", "channels", "size", "splits", "what it is", "how to get")
     for spec in DATASETS.values():
+        splits = [*spec.splits, *(DERIVED_SPLITS if "train" in spec.splits else ())]
         table.add_row(
-            spec.name, str(spec.channels), str(spec.size), ",".join(spec.splits), spec.how_to_get
+            spec.name,
+            str(spec.channels),
+            str(spec.size),
+            ",".join(splits),
+            spec.notes,
+            spec.how_to_get,
         )
-    table.add_row("folder:PATH", "any", "any", "-", "your own images (PNG/JPEG/...)")
+    table.add_row("folder:PATH", "any", "any", "-", "your own images (PNG/JPEG/...)", "-")
     console.print(table)
 
 
