@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from dgmood.config import RunConfig, replace_path
+from dgmood.config import DataConfig, RunConfig, TrainConfig, replace_path
 from dgmood.models.registry import model_names
 from dgmood.presets import TRAIN_PRESETS, run_preset
 
@@ -91,13 +91,30 @@ def test_execution_settings_are_not_part_of_a_runs_identity() -> None:
         changed = replace_path(config, key, value)
         assert not changed.same_run(config), key
         assert changed.identity_hash() != config.identity_hash(), key
-    # the hash is of the content: an independent sha256 of the canonical JSON of the identity
+    # the hash is of the content: an independent sha256 of the canonical JSON of the fields
+    # that differ from their defaults (so a field added later with a default changes no hash)
     import hashlib
     import json
 
-    identity = {k: v for k, v in config.to_dict().items() if k in ("model", "data", "train")}
+    defaults = {
+        "model": dataclasses.asdict(type(config.model)()),
+        "data": dataclasses.asdict(DataConfig()),
+        "train": dataclasses.asdict(TrainConfig()),
+    }
+    identity = {
+        section: {
+            k: v
+            for k, v in config.to_dict()[section].items()
+            if k == "family"
+            or defaults[section].get(k, object()) != (tuple(v) if isinstance(v, list) else v)
+        }
+        for section in ("model", "data", "train")
+    }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
     assert config.identity_hash() == hashlib.sha256(canonical).hexdigest()[:12]
+    # a value set to its default is the same run as the value left out
+    explicit = replace_path(config, "train.grad_clip", str(TrainConfig().grad_clip))
+    assert explicit.identity_hash() == config.identity_hash()
 
 
 def test_older_configs_with_execution_keys_in_train_or_model_still_load() -> None:

@@ -244,6 +244,15 @@ def dataclass_to_dict(obj: Any) -> Any:
     return obj
 
 
+def _non_default_fields(obj: Any) -> dict[str, Any]:
+    """``dataclass_to_dict(obj)`` without the fields that hold their default value."""
+    out = dataclass_to_dict(obj)
+    for f in fields(obj):
+        if f.default is not dataclasses.MISSING and getattr(obj, f.name) == f.default:
+            out.pop(f.name)
+    return dict(out)
+
+
 def _coerce(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if _is_dataclass_type(tp):
@@ -306,12 +315,14 @@ class RunConfig:
         return dataclass_to_dict(self)
 
     def identity(self) -> dict[str, Any]:
-        """What is trained: model, data and training config. Two configs with the same
-        identity train the same run, whatever their ``execution`` or preset name."""
+        """What is trained: model, data and training config, each field that differs from
+        its default. Two configs with the same identity train the same run, whatever their
+        ``execution`` or preset name; a field added later with a default that keeps the old
+        behaviour leaves every earlier run's identity (and hash) as it was."""
         return {
-            "model": dataclass_to_dict(self.model),
-            "data": dataclass_to_dict(self.data),
-            "train": dataclass_to_dict(self.train),
+            "model": _non_default_fields(self.model),
+            "data": _non_default_fields(self.data),
+            "train": _non_default_fields(self.train),
         }
 
     def identity_hash(self, length: int = 12) -> str:
