@@ -23,7 +23,7 @@ from dgmood.data.dequantize import DequantMode, to_model_input
 from dgmood.data.imageset import ImageSet
 from dgmood.io import atomic_write_bytes
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
-from dgmood.runs import SCORES_DIR, read_score_cache
+from dgmood.runs import SCORES_DIR, read_score_cache, run_subdir
 
 STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
 
@@ -137,7 +137,7 @@ def score_cached(
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
     options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
-    path = Path(run_dir) / SCORES_DIR / f"{key}.npz"
+    path = run_subdir(Path(run_dir), SCORES_DIR) / f"{key}.npz"  # never through a link
     cached = read_score_cache(path)  # a damaged cache file is removed and recomputed
     if cached is not None:
         return cached

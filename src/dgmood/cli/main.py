@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dgmood.nn.allocator import tune_malloc
@@ -25,6 +28,16 @@ console = Console(soft_wrap=True)  # long paths and markdown rows stay on one li
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
+def shown(value: object) -> str:
+    """``value`` as plain text in a Rich console: control characters (terminal escapes)
+    become ``?`` and Rich markup is escaped. Names from disk (run folders, configs, files,
+    error messages quoting them) go through it, so they print as they are."""
+    return escape(_CONTROL.sub("?", str(value)))
+
 
 DataDir = Annotated[
     Path | None,
@@ -54,6 +67,15 @@ Dequantization = Annotated[
 Seed = Annotated[
     int, typer.Option(help="Seed of the dequantization noise (and of a VAE's sampled ELBO).")
 ]
+ExpectSha256 = Annotated[
+    str | None,
+    typer.Option(
+        "--expect-sha256",
+        help="The SHA-256 of RUN_DIR/model.safetensors that the run's sender published "
+        "(`sha256sum model.safetensors`); refuse the run unless it matches. The checksum "
+        "inside the file catches accidents, not tampering.",
+    ),
+]
 IwaeK = Annotated[
     int,
     typer.Option(
@@ -78,7 +100,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (DataError, RunDirError, TrainingDivergedError, ValueError, FileNotFoundError) as e:
-            err_console.print(f"[bold red]error:[/] {e}")
+            err_console.print(f"[bold red]error:[/] {shown(e)}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted.[/] Finished results and caches are kept.")
@@ -228,7 +250,9 @@ def train(
     except KeyboardInterrupt:
         _report_interrupt(run_dir)
         raise typer.Exit(130) from None
-    console.print(f"trained {result.step} steps in {result.seconds:.0f} s -> {result.run_dir}")
+    console.print(
+        f"trained {result.step} steps in {result.seconds:.0f} s -> {shown(result.run_dir)}"
+    )
 
 
 def _report_interrupt(run_dir: Path) -> None:
@@ -238,9 +262,10 @@ def _report_interrupt(run_dir: Path) -> None:
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
         step = read_model_metadata(checkpoint).get("step", "?")
+        command = shlex.join(["dgmood", "train", "--resume", "--run-dir", str(run_dir)])
         err_console.print(
-            f"[yellow]interrupted.[/] The last checkpoint (step {step}) is in {run_dir}; "
-            f"continue with: dgmood train --resume --run-dir {run_dir}"
+            f"[yellow]interrupted.[/] The last checkpoint (step {shown(step)}) is in "
+            f"{shown(run_dir)}; continue with: {shown(command)}"
         )
     else:
         err_console.print("[yellow]interrupted[/] before the first checkpoint was written.")
@@ -343,9 +368,9 @@ def _print_result(result: Any, out_dir: Path) -> None:
         console.print(f"\n[bold]{table.title}[/]")
         console.print(table.to_markdown(), markup=False)
     console.print(result.finding, style="bold", markup=False)
-    console.print(f"results: {out_dir}")
+    console.print(f"results: {shown(out_dir)}")
     if (out_dir / "report.html").exists():
-        console.print(f"report: {out_dir / 'report.html'}")
+        console.print(f"report: {shown(out_dir / 'report.html')}")
 
 
 @app.command()
@@ -363,6 +388,7 @@ def score(
     mirror: Mirror = None,
     download: Download = False,
     device: Device = "cpu",
+    expect_sha256: ExpectSha256 = None,
 ) -> None:
     """Per-sample statistics of a dataset under a run, computed once and cached in the run.
 
@@ -378,8 +404,9 @@ def score(
         limit=limit,
         options=ScoringOptions(_dequant(dequantization), seed, batch_size, iwae_k),
         device=device or "cpu",
+        expect_sha256=expect_sha256,
     )
-    table = Table("statistic", "mean", "std", "min", "max", title=f"{label} under {run_dir}")
+    table = Table("statistic", "mean", "std", "min", "max", title=shown(f"{label} under {run_dir}"))
     for key, value in stats.items():
         if value.ndim == 1:
             cells = (value.mean(), value.std(), value.min(), value.max())
@@ -423,6 +450,7 @@ def evaluate(
     mirror: Mirror = None,
     download: Download = False,
     device: Device = "cpu",
+    expect_sha256: ExpectSha256 = None,
 ) -> None:
     """In-dist vs OOD: bits/dim table, histograms, AUROC/AUPR/FPR@95TPR of each OOD score.
 
@@ -441,6 +469,7 @@ def evaluate(
         train_limit=train_limit,
         scoring=ScoringOptions(_dequant(dequantization), seed, iwae_k=iwae_k),
         device=device or "cpu",
+        expect_sha256=expect_sha256,
     )
     _print_result(result, out)
 
@@ -610,6 +639,7 @@ def predict(
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
+    expect_sha256: ExpectSha256 = None,
 ) -> None:
     """Class probabilities of any photo, after the documented MNIST-ify path; with
     --detector, whether each input is rejected as OOD.
@@ -621,8 +651,11 @@ def predict(
       dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
       dgmood predict reports/chicken/runs/classifier chicken.jpg --detector reports/chicken/runs/vae
     """
+    from dgmood.runs import MODEL_FILE, check_file_sha256
     from dgmood.studies.chicken import predict_files, screen_files
 
+    if expect_sha256 is not None:
+        check_file_sha256(run_dir / MODEL_FILE, expect_sha256)
     predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
     screening = None
     if detector is not None:
@@ -642,7 +675,7 @@ def predict(
     table.columns[3].overflow = "fold"
     for i, p in enumerate(predictions):
         row = [
-            p.name,
+            shown(p.name),
             str(p.predicted_class),
             f"{p.confidence:.4f}",
             " ".join(f"{v:.3f}" for v in p.probabilities),
@@ -662,7 +695,7 @@ def predict(
             markup=False,
         )
     for figure in figures:
-        console.print(f"figure: {figure}")
+        console.print(f"figure: {shown(figure)}")
 
 
 @app.command("report")
@@ -684,8 +717,8 @@ def report(
 
     pages = rebuild_reports(path)
     for page in pages[1:]:
-        console.print(f"report: {page}")
-    console.print(f"report: {pages[0]}" if len(pages) == 1 else f"index: {pages[0]}")
+        console.print(f"report: {shown(page)}")
+    console.print(f"report: {shown(pages[0])}" if len(pages) == 1 else f"index: {shown(pages[0])}")
 
 
 @app.command("runs")
@@ -704,10 +737,16 @@ def runs(
 
     found = list_runs(root)
     if not found:
-        console.print(f"no run directories (config.yaml) below {root}")
+        console.print(f"no run directories (config.yaml) below {shown(root)}")
         return
     table = Table(
-        "run", "status", "model", "dataset", "step", "last validation", title=f"runs below {root}"
+        "run",
+        "status",
+        "model",
+        "dataset",
+        "step",
+        "last validation",
+        title=f"runs below {shown(root)}",
     )
     table.columns[0].overflow = "fold"
     colours = {"done": "green", "interrupted": "yellow"}
@@ -715,8 +754,10 @@ def runs(
         step = run.progress
         last = " ".join(f"{k}={v:.4f}" for k, v in run.last_val.items()) or run.note or "-"
         colour = colours.get(run.status, "red")
-        shown = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir
-        table.add_row(str(shown), f"[{colour}]{run.status}[/]", run.model, run.dataset, step, last)
+        name = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir
+        cells = (name, run.model, run.dataset, step, last)  # from disk: any text at all
+        table.add_row(*(shown(c) for c in cells[:1]), f"[{colour}]{run.status}[/]",
+                      *(shown(c) for c in cells[1:]))  # fmt: skip
     console.print(table)
 
 

@@ -124,9 +124,11 @@ def score_dataset(
     limit: int = 0,
     options: ScoringOptions | None = None,
     device: str = "cpu",
+    expect_sha256: str | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
-    """Cached per-sample statistics of ``dataset``/``split`` under the run in ``run_dir``."""
-    run = load_run(run_dir, device)
+    """Cached per-sample statistics of ``dataset``/``split`` under the run in ``run_dir``
+    (``expect_sha256``: the published SHA-256 of its model file, see :func:`load_run`)."""
+    run = load_run(run_dir, device, expect_sha256=expect_sha256)
     imageset = (sources or DataSources()).load_like(dataset, split, run.config.data).head(limit)
     return dict(prepare_input(run, imageset, options=options).stats), (
         f"{imageset.label} ({len(imageset)} images)"

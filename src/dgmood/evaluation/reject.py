@@ -32,7 +32,7 @@ from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.inference import images_fingerprint, score_images
 from dgmood.io import atomic_write_text
-from dgmood.runs import LoadedRun
+from dgmood.runs import LoadedRun, run_subdir
 from dgmood.scores.base import Score, ScoreInput, make_score
 
 THRESHOLDS_DIR = "thresholds"  # inside the detector's run directory
@@ -121,7 +121,7 @@ def rule_path(
 ) -> Path:
     """Where the rule of these settings is stored in the detector's run directory."""
     key = _rule_key(score, accept, validation, fit_data, options or ScoringOptions())
-    return detector_run.run_dir / THRESHOLDS_DIR / f"{score.name}-{key}.json"
+    return run_subdir(detector_run.run_dir, THRESHOLDS_DIR) / f"{score.name}-{key}.json"
 
 
 def _stored_rule(path: Path, step: int) -> RejectRule | None:

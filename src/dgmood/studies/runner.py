@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,14 @@ def evaluate_run(
     train_limit: int = 10_000,
     scoring: ScoringOptions | None = None,
     device: str = "cpu",
+    expect_sha256: str | None = None,
 ) -> StudyResult:
     """In-distribution vs OOD sets under an existing density-model run, without training.
 
-    Scores that need auxiliary runs train them into ``ctx.out_dir/runs``.
+    Scores that need auxiliary runs train them into ``ctx.out_dir/runs``. ``expect_sha256``:
+    the published SHA-256 of the run's model file (see :func:`dgmood.runs.load_run`).
     """
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, expect_sha256=expect_sha256)
     scoring = scoring or ScoringOptions(progress=ctx.progress)
     _, sets, metrics, figures, data = likelihood_comparison(
         run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
@@ -85,5 +88,7 @@ def evaluate_run(
         environment=environment(),
     )
     result.write(ctx.out_dir)
-    write_report(result, ctx.out_dir)
+    # the evaluated run was named by the user: its config may be read (it often lies outside)
+    read_root = os.path.commonpath([Path(run_dir).resolve(), ctx.out_dir.resolve()])
+    write_report(result, ctx.out_dir, read_root)
     return result

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from dgmood.runs import (
     MODEL_FILE,
     Checkpoint,
     append_metrics,
+    check_checkpoint_fits,
     check_run_dir,
     is_finished,
     load_checkpoint,
@@ -300,9 +302,10 @@ def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
     """
     stored = RunConfig.load(run_dir / CONFIG_FILE)
     if stored.model != config.model or stored.data != config.data:
+        command = shlex.join(["dgmood", "train", "--resume", "--run-dir", str(run_dir)])
         raise ValueError(
             f"cannot resume {run_dir}: its model/data config differs from the one given; "
-            f"resume with its stored config: dgmood train --resume --run-dir {run_dir} "
+            f"resume with its stored config: {command} "
             "(--set train.* may still change the training settings)"
         )
     if not any(
@@ -516,6 +519,8 @@ def train(
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
+    if resume and RunConfig.load(run_dir / CONFIG_FILE).model == config.model:
+        check_checkpoint_fits(run_dir, config)  # before a size it claims is built
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
     dev = _device(device)
