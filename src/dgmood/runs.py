@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import struct
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -213,7 +214,14 @@ def save_tensor_file(path: Path, tensors: dict[str, Tensor], metadata: dict[str,
     metadata = {**metadata, "format": FORMAT}
     metadata[DIGEST_KEY] = _content_digest(tensors, metadata)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as error:  # e.g. "I/O error: No space left on device (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(error))
+            if code is None:
+                raise
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number), str(path)) from None
 
 
 def _corrupt(path: Path, why: str) -> RunDirError:
@@ -519,7 +527,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         tree = json.loads(metadata["training_state"])
         training_state = _decode(tree, tensors)
         step = int(metadata["step"])
-    except (KeyError, ValueError, TypeError) as error:
+    except RecursionError:  # a tree nested deeper than any dgmood writes
+        raise _corrupt(path, "malformed training state: nested too deeply") from None
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise _corrupt(path, f"malformed training state: {error}") from None
     model_state = {
         k.removeprefix(_MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)
@@ -586,7 +596,7 @@ def load_run(
         check_file_sha256(weights, expect_sha256)
     try:
         config = RunConfig.from_yaml(read_model_metadata(weights)["config"])
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
         raise _corrupt(weights, f"malformed metadata: {error}") from None
     check_tensors_fit(weights, config)
     tensors, metadata = load_tensor_file(weights)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import re
 import shlex
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -56,6 +58,13 @@ Download = Annotated[
     bool,
     typer.Option("--download", help="Download missing datasets with torchvision's downloaders."),
 ]
+SkipUnreadable = Annotated[
+    bool,
+    typer.Option(
+        "--skip-unreadable",
+        help="folder:PATH sets: leave out image files that cannot be read, and list them.",
+    ),
+]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")]
 Dequantization = Annotated[
     str,
@@ -85,10 +94,30 @@ IwaeK = Annotated[
 ]
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(error: OSError) -> str:
+    where = f" while writing {error.filename}" if error.filename else ""
+    return f"{error.strerror or 'no space left on device'}{where}"
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    err_console.print(f"[yellow]warning:[/] {shown(message)}")
+
+
 def user_errors(func: F) -> F:
     """Turn errors a user can fix into one red line and exit code 2, not a traceback.
 
-    Ctrl-C is one line and exit code 130 (files are written atomically, so none is partial).
+    Ctrl-C is one line and exit code 130 (files are written atomically, so none is partial);
+    so is a full disk (exit code 2). Warnings are one yellow line each.
     """
 
     @functools.wraps(func)
@@ -98,9 +127,19 @@ def user_errors(func: F) -> F:
         from dgmood.training.loop import TrainingDivergedError
 
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
         except (DataError, RunDirError, TrainingDivergedError, ValueError, FileNotFoundError) as e:
             err_console.print(f"[bold red]error:[/] {shown(e)}")
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            err_console.print(
+                f"[bold red]error:[/] {shown(disk_full_message(e))}. Nothing half-written was "
+                "kept; free some space, then run the command again (finished work is reused)"
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted.[/] Finished results and caches are kept.")
@@ -109,13 +148,23 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _sources(data_dir: Path | None, mirror: Path | None, download: bool) -> Any:
+def _count(option: str, value: int) -> int:
+    """``value`` of a count option (``--limit``: 0 = all); a negative one is refused."""
+    if value < 0:
+        raise ValueError(f"{option} must be >= 0 (0 = all), got {value}")
+    return value
+
+
+def _sources(
+    data_dir: Path | None, mirror: Path | None, download: bool, skip_unreadable: bool = False
+) -> Any:
     from dgmood.data.loading import DataSources
 
     return DataSources(
         data_dir=str(data_dir) if data_dir else None,
         mirror=str(mirror) if mirror else None,
         download=download,
+        skip_unreadable=skip_unreadable,
     )
 
 
@@ -250,9 +299,28 @@ def train(
     except KeyboardInterrupt:
         _report_interrupt(run_dir)
         raise typer.Exit(130) from None
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        _report_disk_full(run_dir, error)
+        raise typer.Exit(2) from None
     console.print(
         f"trained {result.step} steps in {result.seconds:.0f} s -> {shown(result.run_dir)}"
     )
+
+
+def _report_disk_full(run_dir: Path, error: OSError) -> None:
+    """One line: the disk is full, what is kept, how to continue."""
+    from dgmood.runs import CHECKPOINT_FILE, read_model_metadata
+
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        step = read_model_metadata(checkpoint).get("step", "?")
+        command = shlex.join(["dgmood", "train", "--resume", "--run-dir", str(run_dir)])
+        kept = f"the last checkpoint (step {step}) is whole; free some space, then: {command}"
+    else:
+        kept = "nothing was kept; free some space, then train again"
+    err_console.print(f"[bold red]error:[/] {shown(disk_full_message(error))}; {shown(kept)}")
 
 
 def _report_interrupt(run_dir: Path) -> None:
@@ -276,11 +344,13 @@ def _context(
     data_dir: Path | None,
     mirror: Path | None,
     download: bool,
+    skip_unreadable: bool = False,
     **values: Any,
 ) -> Any:
     from dgmood.studies import StudyContext
 
-    return StudyContext(out_dir=out_dir, sources=_sources(data_dir, mirror, download), **values)
+    sources = _sources(data_dir, mirror, download, skip_unreadable)
+    return StudyContext(out_dir=out_dir, sources=sources, **values)
 
 
 StudyContextFor = Callable[[Path], Any]  # out_dir -> the StudyContext a study runs in
@@ -314,10 +384,13 @@ def _study_context_options(
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
+    skip_unreadable: SkipUnreadable = False,
     device: Device = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> StudyContextFor:
     """The options of every command that runs a study, as its context for a given out dir."""
+
+    _count("--limit", limit)
 
     def context(out_dir: Path) -> Any:
         return _context(
@@ -325,6 +398,7 @@ def _study_context_options(
             data_dir,
             mirror,
             download,
+            skip_unreadable,
             preset=preset,
             steps=steps,
             budget_minutes=budget,
@@ -396,6 +470,7 @@ def score(
     """
     from dgmood.evaluation.compare import ScoringOptions, score_dataset
 
+    _count("--limit", limit)
     stats, label = score_dataset(
         run_dir,
         dataset,
@@ -451,6 +526,7 @@ def evaluate(
     download: Download = False,
     device: Device = "cpu",
     expect_sha256: ExpectSha256 = None,
+    skip_unreadable: SkipUnreadable = False,
 ) -> None:
     """In-dist vs OOD: bits/dim table, histograms, AUROC/AUPR/FPR@95TPR of each OOD score.
 
@@ -459,8 +535,10 @@ def evaluate(
     from dgmood.evaluation.compare import ScoringOptions
     from dgmood.studies import evaluate_run
 
+    _count("--limit", limit)
+    _count("--train-limit", train_limit)
     out = out_dir or run_dir / "eval"
-    ctx = _context(out, data_dir, mirror, download, limit=limit, device=device)
+    ctx = _context(out, data_dir, mirror, download, skip_unreadable, limit=limit, device=device)
     result = evaluate_run(
         run_dir,
         list(ood),
@@ -585,7 +663,7 @@ def benchmark(
     """
     from dgmood.studies import run_study
 
-    options: dict[str, Any] = {"train_limit": train_limit}
+    options: dict[str, Any] = {"train_limit": _count("--train-limit", train_limit)}
     for key, values in (
         ("in_datasets", in_datasets),
         ("ood", ood),
@@ -636,6 +714,13 @@ def predict(
         float,
         typer.Option(help="Fraction of in-distribution validation images the rule accepts."),
     ] = 0.95,
+    force_detector: Annotated[
+        bool,
+        typer.Option(
+            "--force-detector",
+            help="Use --detector even if it was trained on other data than the classifier.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
@@ -656,6 +741,10 @@ def predict(
 
     if expect_sha256 is not None:
         check_file_sha256(run_dir / MODEL_FILE, expect_sha256)
+    if detector is not None and not force_detector:
+        from dgmood.evaluation.reject import check_detector_data
+
+        check_detector_data(run_dir, detector)
     predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
     screening = None
     if detector is not None:

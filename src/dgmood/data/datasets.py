@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import torchvision.datasets as tvd
 from torch import Tensor
 
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
+from dgmood.data.images import ImageLoadError
 from dgmood.data.imageset import ImageSet
 from dgmood.data.sources import copy_verified, resolve_data_dir, resolve_mirror, verify_md5
 from dgmood.data.transforms import center_crop_square
@@ -42,6 +44,7 @@ class LoadRequest:
     verify: bool  # check official md5s
     channels: int  # wanted channels (used only by loaders that must resize on load)
     size: int  # wanted side (idem)
+    skip_unreadable: bool = False  # folder:PATH: leave out (and name) files that cannot be read
 
 
 @dataclass(frozen=True)
@@ -303,8 +306,34 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
         raise DatasetNotFoundError(f"{path} is neither an image file nor a folder")
     if not files:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
-    images = load_user_images(files, req.channels, req.size)
+    if req.skip_unreadable:
+        images, files = _readable_images(files, req)
+    else:
+        try:
+            images = load_user_images(files, req.channels, req.size)
+        except ImageLoadError as error:
+            raise ImageLoadError(
+                f"{error}; pass --skip-unreadable to leave out the files that cannot be read"
+            ) from None
     return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
+
+
+def _readable_images(files: list[Path], req: LoadRequest) -> tuple[Tensor, list[Path]]:
+    """The images of ``files`` that can be read, and their files; a warning names the rest."""
+    images, kept, skipped = [], [], []
+    for file in files:
+        try:
+            images.append(load_user_images([file], req.channels, req.size))
+            kept.append(file)
+        except ImageLoadError as error:
+            skipped.append(f"{file} ({error})")
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped), stacklevel=2
+        )
+    if not kept:
+        raise DatasetNotFoundError(f"none of the {len(files)} image files could be read")
+    return torch.cat(images), kept
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -410,6 +439,7 @@ def load_dataset(
     verify: bool = True,
     channels: int = 1,
     size: int = 32,
+    skip_unreadable: bool = False,
 ) -> ImageSet:
     """Load one split of a dataset as uint8 ``[N, C, H, W]`` at its native size.
 
@@ -424,6 +454,7 @@ def load_dataset(
         verify=verify,
         channels=channels,
         size=size,
+        skip_unreadable=skip_unreadable,
     )
     if name.startswith("folder:"):
         return _load_folder(Path(name.removeprefix("folder:")).expanduser(), req)

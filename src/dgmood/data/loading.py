@@ -16,6 +16,7 @@ class DataSources:
     data_dir: str | None = None
     mirror: str | None = None
     download: bool = False
+    skip_unreadable: bool = False  # folder:PATH sets: leave out files that cannot be read
 
     def load_like(self, name: str, split: str, data: DataConfig) -> ImageSet:
         """Load ``name``/``split`` in the format (channels, size, upscaling) of ``data``."""
@@ -27,5 +28,6 @@ class DataSources:
             mirror=self.mirror,
             channels=data.channels,
             size=data.image_size,
+            skip_unreadable=self.skip_unreadable,
         )
         return match_format(raw, data.channels, data.image_size, data.upscale)

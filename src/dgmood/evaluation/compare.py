@@ -18,7 +18,7 @@ from dgmood.data.dequantize import DequantMode
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.metrics import OODMetrics, ood_metrics
-from dgmood.inference import score_cached
+from dgmood.inference import check_iwae, score_cached
 from dgmood.runs import LoadedRun, load_run
 from dgmood.scores.base import Score, ScoreInput
 
@@ -32,6 +32,11 @@ class ScoringOptions:
     batch_size: int = 256
     iwae_k: int = 0
     progress: bool = True
+
+
+def check_scoring(run: LoadedRun, options: ScoringOptions) -> None:
+    """Refuse, before anything is scored, options the run's model cannot score with."""
+    check_iwae(run.model, options.iwae_k)
 
 
 def prepare_input(
@@ -128,7 +133,10 @@ def score_dataset(
 ) -> tuple[dict[str, np.ndarray], str]:
     """Cached per-sample statistics of ``dataset``/``split`` under the run in ``run_dir``
     (``expect_sha256``: the published SHA-256 of its model file, see :func:`load_run`)."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 = all), got {limit}")
     run = load_run(run_dir, device, expect_sha256=expect_sha256)
+    check_scoring(run, options or ScoringOptions())
     imageset = (sources or DataSources()).load_like(dataset, split, run.config.data).head(limit)
     return dict(prepare_input(run, imageset, options=options).stats), (
         f"{imageset.label} ({len(imageset)} images)"

@@ -111,6 +111,27 @@ def _rule_key(
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def check_detector_data(classifier_dir: Path, detector_dir: Path) -> None:
+    """Refuse a detector trained on other data than the classifier it guards: its
+    likelihoods describe other images, so its rule would accept or reject at random."""
+    from dgmood.config import RunConfig
+    from dgmood.runs import MODEL_FILE, read_model_metadata
+
+    def dataset(run_dir: Path) -> str | None:  # None: loading the run says what is wrong
+        if not (run_dir / MODEL_FILE).is_file():
+            return None
+        return RunConfig.from_yaml(read_model_metadata(run_dir / MODEL_FILE)["config"]).data.dataset
+
+    classifier, detector = dataset(classifier_dir), dataset(detector_dir)
+    if classifier is not None and detector is not None and classifier != detector:
+        raise ValueError(
+            f"the detector {detector_dir} was trained on {detector}, the classifier "
+            f"{classifier_dir} on {classifier}: the detector knows nothing of the classifier's "
+            f"data; use a density run trained on {classifier} (e.g. `dgmood train vae --dataset "
+            f"{classifier}`), or pass --force-detector to use it anyway"
+        )
+
+
 def rule_path(
     detector_run: LoadedRun,
     score: Score,

@@ -19,6 +19,7 @@ import base64
 import os
 import shlex
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,9 @@ def rebuild_reports(path: str | os.PathLike[str]) -> list[Path]:
 
     ``path`` is a study result folder (``result.json``), a run directory evaluated by
     ``dgmood evaluate`` (its ``eval/`` folder), or a folder of studies (each report is
-    rebuilt and ``index.html`` written). Returns the pages written, the main one first.
+    rebuilt and ``index.html`` written; a result that cannot be read is skipped with a
+    warning naming it, and listed as unreadable in the index). Returns the pages written,
+    the main one first.
     """
     root = Path(path)
     if not root.exists():
@@ -291,5 +294,12 @@ def rebuild_reports(path: str | os.PathLike[str]) -> list[Path]:
             f"no study result (result.json) under {root}: run `dgmood reproduce STUDY` or "
             "`dgmood evaluate RUN --ood SET` first"
         )
-    pages = [write_report(StudyResult.load(folder), folder) for folder in folders]
+    pages = []
+    for folder in folders:  # one broken result does not stop the others: it is named
+        try:
+            result = StudyResult.load(folder)
+        except ValueError as error:
+            warnings.warn(f"skipped {folder}: {error}", stacklevel=2)
+            continue
+        pages.append(write_report(result, folder))
     return [write_index(root), *pages]

@@ -53,6 +53,10 @@ class StudyContext:
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"--limit must be >= 0 (0 = all), got {self.limit}")
+
     def run_dir(self, role: str) -> Path:
         return self.out_dir / RUNS_DIR / role
 

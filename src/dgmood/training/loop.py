@@ -26,7 +26,7 @@ from dgmood.config import UNTIL_BUDGET, RunConfig
 from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
-from dgmood.io import atomic_write_text, deferred_interrupts
+from dgmood.io import atomic_write_text, deferred_interrupts, is_terminal
 from dgmood.models.base import Classifier, DensityModel, bits_per_dim
 from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import build_model
@@ -338,6 +338,10 @@ class _Session:
     loss_fn: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] = field(
         init=False, default_factory=lambda: compute_loss
     )
+    # sums of the logged values over the steps since the last log record, and how many: a
+    # checkpoint keeps them, so a resumed run logs the same averages as an uninterrupted one
+    log_sums: dict[str, float] = field(init=False, default_factory=dict)
+    log_count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if self.config.train.precision != "fp32" and not getattr(self.model, "bf16_safe", False):
@@ -387,6 +391,9 @@ class _Session:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state, self.cuda_devices)
+        # absent from checkpoints of older dgmood: the first record then averages fewer steps
+        self.log_sums = {k: float(v) for k, v in state.get("log_sums", {}).items()}
+        self.log_count = int(state.get("log_count", 0))
         # forget log lines written after the checkpoint we resume from
         if not self.writer:
             return
@@ -467,6 +474,8 @@ class _Session:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             **rng_state(self.cuda_devices),
+            "log_sums": dict(self.log_sums),
+            "log_count": self.log_count,
         }
         if self.writer:
             with deferred_interrupts():
@@ -564,12 +573,10 @@ def _run_steps(
     bar = tqdm(
         total=None if train_cfg.steps >= UNTIL_BUDGET else train_cfg.steps,  # until the budget
         initial=start_step,
-        disable=not progress,
+        disable=not progress or not is_terminal(),  # a log gets the validation lines only
         desc="train",
         dynamic_ncols=True,
     )
-    running: dict[str, float] = {}
-    running_count = 0
     last_good_step = start_step
     stopped_at: int | None = None
     try:
@@ -582,12 +589,13 @@ def _run_steps(
                 raise _Diverged(step, global_loss.item())
             grad_norm = session.update(loss)
             done = step + 1
+            sums = session.log_sums
             for key, value in {"loss": global_loss.item(), **_term_means(terms)}.items():
-                running[key] = running.get(key, 0.0) + value
-            running_count += 1
+                sums[key] = sums.get(key, 0.0) + value
+            session.log_count += 1
             bar.update(1)
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-                record = {k: v / running_count for k, v in running.items()}
+                record = {k: v / session.log_count for k, v in sums.items()}
                 record.update(
                     step=done,
                     lr=float(session.scheduler.get_last_lr()[0]),
@@ -598,7 +606,7 @@ def _run_steps(
                 if session.writer:
                     append_metrics(run_dir, record)
                 history.append(record)
-                running, running_count = {}, 0
+                session.log_sums, session.log_count = {}, 0
             is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
             out_of_time = done < train_cfg.steps and budget_exceeded(
                 started, train_cfg.budget_minutes, session.parallel
@@ -644,15 +652,25 @@ def train_or_reuse(
 ) -> bool:
     """Train ``config`` into ``run_dir`` unless a finished run of the same config is there.
 
-    Returns True when it trained. A run stopped by its ``train.budget_minutes`` is finished.
-    An unfinished run is continued only with ``resume=True``;
-    a finished run of a different config is an error (it is never overwritten).
+    Returns True when it trained. A run stopped by its ``train.budget_minutes`` is finished,
+    and reused as it is (its lock is not even taken). With ``resume=True`` an unfinished run
+    is continued and a run that does not exist yet is started, so one flag serves a whole
+    study after any interruption; without it, an unfinished run is refused. A finished run
+    of a different config is an error (it is never overwritten).
     """
     run_dir = Path(run_dir)
-    if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists() and not resume:
+    if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists():
         stored = RunConfig.load(run_dir / CONFIG_FILE)
         metadata = read_model_metadata(run_dir / MODEL_FILE)
         if stored == config and is_finished(metadata, config.train.steps):
             return False
-    train(config, run_dir, sources=sources, resume=resume, device=device, progress=progress)
+    started = (run_dir / CONFIG_FILE).exists()
+    train(
+        config,
+        run_dir,
+        sources=sources,
+        resume=resume and started,
+        device=device,
+        progress=progress,
+    )
     return True
