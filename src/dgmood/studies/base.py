@@ -60,13 +60,18 @@ class StudyContext:
     def run_dir(self, role: str) -> Path:
         return self.out_dir / RUNS_DIR / role
 
-    def obtain_run(self, role: str, config: RunConfig) -> LoadedRun:
-        """The finished run ``role`` of ``config``: reused if done, else trained (or resumed)."""
+    def run_config(self, config: RunConfig) -> RunConfig:
+        """``config`` as this context trains it: overrides, steps and budget applied."""
         config = apply_overrides(config, self.overrides)
         if self.budget_minutes > 0:
-            config = with_budget(config, self.budget_minutes, self.steps)
-        elif self.steps is not None:
-            config = replace_path(config, "train.steps", self.steps)
+            return with_budget(config, self.budget_minutes, self.steps)
+        if self.steps is not None:
+            return replace_path(config, "train.steps", self.steps)
+        return config
+
+    def obtain_run(self, role: str, config: RunConfig) -> LoadedRun:
+        """The finished run ``role`` of ``config``: reused if done, else trained (or resumed)."""
+        config = self.run_config(config)
         with self.timed(f"train {role}"):
             train_or_reuse(
                 config,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dgmood.evaluation.compare import ScoringOptions
+from dgmood.io import progress_enabled
 from dgmood.reporting.html import write_index, write_report
 from dgmood.reporting.result import StudyResult
 from dgmood.runs import load_run
@@ -38,7 +39,8 @@ def run_study(
             f"study {name!r} has no option(s) {sorted(unknown)}; known: {sorted(known)}"
         )
     study: Study[Any] = cls.with_options(overrides, **options)
-    result = study.run(ctx)
+    with progress_enabled(ctx.progress):
+        result = study.run(ctx)
     result.write(ctx.out_dir)
     write_report(result, ctx.out_dir)
     if index_dir is not None:
@@ -64,9 +66,10 @@ def evaluate_run(
     """
     run = load_run(run_dir, device, expect_sha256=expect_sha256)
     scoring = scoring or ScoringOptions(progress=ctx.progress)
-    _, sets, metrics, figures, data = likelihood_comparison(
-        run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
-    )
+    with progress_enabled(ctx.progress):
+        _, sets, metrics, figures, data = likelihood_comparison(
+            run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
+        )
     # the folder's name, not its path: a report is shared, the machine's layout is not
     folder = Path(run_dir).resolve().name
     result = StudyResult(
