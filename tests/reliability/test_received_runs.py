@@ -152,6 +152,19 @@ def test_score_cached_refuses_a_scores_symlink(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.npz"]
 
 
+def test_a_thresholds_symlink_is_refused_before_a_rule_is_written(
+    received: Path, tmp_path: Path, tiny_data: TinyData
+) -> None:
+    from dgmood.evaluation.reject import THRESHOLDS_DIR, fit_reject_rule
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (received / THRESHOLDS_DIR).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RunDirError, match="symlink"):
+        fit_reject_rule(load_run(received), "nll", tiny_data.val_set)
+    assert list(elsewhere.iterdir()) == []
+
+
 # --- 2. a report embeds only regular files inside its result folder ------------------------
 
 
