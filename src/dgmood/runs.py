@@ -102,8 +102,10 @@ def check_run_files(run_dir: Path) -> None:
 
 
 def run_subdir(run_dir: Path, name: str) -> Path:
-    """``run_dir/name`` (e.g. ``scores``), created if missing; a symlink there is refused."""
-    _refuse_special(Path(run_dir), folder=True)
+    """``run_dir/name`` (e.g. ``scores``), created if missing; a symlink there is refused.
+
+    ``run_dir`` itself may be a link: the user named it; what lies inside it may not be.
+    """
     path = Path(run_dir) / name
     _refuse_special(path, folder=True)
     path.mkdir(parents=True, exist_ok=True)
