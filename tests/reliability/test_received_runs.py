@@ -152,6 +152,17 @@ def test_score_cached_refuses_a_scores_symlink(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.npz"]
 
 
+def test_a_run_dir_named_through_the_users_own_link_is_scored(
+    received: Path, tmp_path: Path, tiny_data: TinyData
+) -> None:
+    link = tmp_path / "latest"
+    link.symlink_to(received, target_is_directory=True)
+    run = load_run(link)
+    stats = score_cached(run.model, tiny_data.val_set, link, step=run.step, progress=False)
+    assert len(stats["bits_per_dim"]) == len(tiny_data.val_set)
+    assert len(list((received / SCORES_DIR).iterdir())) == 1
+
+
 def test_a_thresholds_symlink_is_refused_before_a_rule_is_written(
     received: Path, tmp_path: Path, tiny_data: TinyData
 ) -> None:
