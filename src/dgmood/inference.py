@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -17,11 +18,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dgmood.data.dequantize import DequantMode, to_model_input
 from dgmood.data.imageset import ImageSet
-from dgmood.io import atomic_write_bytes
+from dgmood.io import Progress, atomic_write_bytes
 from dgmood.models.base import (
     Capability,
     Classifier,
@@ -31,7 +31,7 @@ from dgmood.models.base import (
     bits_per_dim,
 )
 from dgmood.models.registry import model_capabilities, spec_of_model
-from dgmood.runs import SCORES_DIR, read_score_cache
+from dgmood.runs import SCORES_DIR, read_score_cache, run_subdir
 
 STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
 
@@ -69,7 +69,7 @@ def score_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    spec = model.input_spec
+    check_iwae(model, iwae_k)
     device = next(model.parameters()).device
     stochastic = Capability.STOCHASTIC_LOG_PROB in model_capabilities(model)
     if stochastic:  # whole blocks per batch, so that block boundaries never move
@@ -77,32 +77,53 @@ def score_images(
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
-    starts = range(0, images.shape[0], batch_size)
-    for start in tqdm(starts, disable=not progress, desc=desc, leave=False):
-        chunk = images[start : start + batch_size]
-        if dequantization == "uniform" and not spec.discrete:
-            noise = _image_noise(len(chunk), start, tuple(chunk.shape[1:]), seed)
-            bin_width = (spec.high - spec.low) / spec.n_levels
-            x = to_model_input(chunk, spec, "none") + noise * bin_width
-        else:
-            x = to_model_input(chunk, spec, dequantization)
-        x = x.to(device)
-        if stochastic:
-            pieces = []
-            for offset in range(0, len(x), STOCHASTIC_BLOCK):
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    block = (start + offset) // STOCHASTIC_BLOCK
-                    torch.manual_seed(seed * 1_000_003 + block + 1)
-                    pieces.append(
-                        _batch_statistics(model, x[offset : offset + STOCHASTIC_BLOCK], iwae_k)
-                    )
-            stats = {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
-        else:
-            stats = _batch_statistics(model, x, iwae_k)
-        for key, value in stats.items():
-            out.setdefault(key, []).append(value.detach().float().cpu().numpy())
+    with Progress(images.shape[0], desc, unit="images", enabled=progress) as bar:
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start : start + batch_size]
+            x = _model_input(model, chunk, start, dequantization, seed).to(device)
+            if stochastic:
+                pieces = []
+                for offset in range(0, len(x), STOCHASTIC_BLOCK):
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        block = (start + offset) // STOCHASTIC_BLOCK
+                        torch.manual_seed(seed * 1_000_003 + block + 1)
+                        block_x = x[offset : offset + STOCHASTIC_BLOCK]
+                        pieces.append(_batch_statistics(model, block_x, iwae_k))
+                stats = {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
+            else:
+                stats = _batch_statistics(model, x, iwae_k)
+            for key, value in stats.items():
+                out.setdefault(key, []).append(value.detach().float().cpu().numpy())
+            bar.update(len(chunk))
     model.train(was_training)
     return {key: np.concatenate(values) for key, values in out.items()}
+
+
+def _model_input(
+    model: DensityModel | Classifier,
+    chunk: Tensor,
+    start: int,
+    dequantization: DequantMode,
+    seed: int,
+) -> Tensor:
+    """uint8 images ``start .. start+len(chunk)-1`` on the model's input scale."""
+    spec = model.input_spec
+    if dequantization == "uniform" and not spec.discrete:
+        noise = _image_noise(len(chunk), start, tuple(chunk.shape[1:]), seed)
+        bin_width = (spec.high - spec.low) / spec.n_levels
+        return to_model_input(chunk, spec, "none") + noise * bin_width
+    return to_model_input(chunk, spec, dequantization)
+
+
+def check_iwae(model: nn.Module, iwae_k: int) -> None:
+    """Refuse ``iwae_k`` for a model without an importance-weighted bound (all but VAEs)."""
+    if iwae_k < 0:
+        raise ValueError(f"--iwae-k must be >= 0, got {iwae_k}")
+    if iwae_k > 0 and Capability.IWAE not in model_capabilities(model):
+        raise ValueError(
+            f"--iwae-k needs an importance-weighted bound, which only VAEs have; "
+            f"{spec_of_model(model).name} has none (use --iwae-k 0)"
+        )
 
 
 def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Tensor]:
@@ -116,8 +137,6 @@ def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Ten
     stats = dict(density.log_prob_terms(x))
     stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
     if iwae_k > 0:
-        if Capability.IWAE not in model_capabilities(model):
-            raise ValueError(f"{family.name} has no importance-weighted bound (IWAE)")
         stats["iwae_log_prob"] = cast(ImportanceWeighted, model).iwae_log_prob(x, iwae_k)
         stats["iwae_bits_per_dim"] = bits_per_dim(stats["iwae_log_prob"], spec)
     return stats
@@ -127,6 +146,10 @@ def images_fingerprint(images: Tensor) -> str:
     """Short content hash of a uint8 image tensor (cache key)."""
     digest = hashlib.sha1(images.contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
+
+
+class CacheNotSavedWarning(UserWarning):
+    """Scores were computed but their cache file could not be written (e.g. a full disk)."""
 
 
 def score_cached(
@@ -141,13 +164,18 @@ def score_cached(
     progress: bool = True,
     iwae_k: int = 0,
 ) -> dict[str, np.ndarray]:
-    """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz``."""
+    """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz``.
+
+    A cache whose statistics do not have one row per image (stale, or written by something
+    else) is recomputed, as an unreadable one is. If the cache cannot be written (a full
+    disk), the statistics are returned all the same, with a :class:`CacheNotSavedWarning`.
+    """
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
     options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
-    path = Path(run_dir) / SCORES_DIR / f"{key}.npz"
+    path = run_subdir(Path(run_dir), SCORES_DIR) / f"{key}.npz"  # never through a link
     cached = read_score_cache(path)  # a damaged cache file is removed and recomputed
-    if cached is not None:
+    if cached is not None and all(len(v) == len(imageset) for v in cached.values()):
         return cached
     stats = score_images(
         model,
@@ -162,7 +190,15 @@ def score_cached(
     buffer = io.BytesIO()
     save: Any = np.savez  # numpy's stub types **arrays as its bool keyword
     save(buffer, **stats)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as error:  # nothing half-written: atomic_path removed its temporary file
+        warnings.warn(
+            f"the score cache {path} was not saved ({error.strerror or error}); these scores "
+            "are complete, and will be computed again next time",
+            CacheNotSavedWarning,
+            stacklevel=2,
+        )
     return stats
 
 

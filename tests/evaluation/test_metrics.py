@@ -80,15 +80,20 @@ def test_the_two_fpr_conventions_differ_as_the_population_predicts() -> None:
     [
         ([], [1.0, 2.0], "both in-distribution and OOD"),
         ([1.0], [], "both in-distribution and OOD"),
-        ([0.0, np.nan], [1.0], "finite"),
-        ([0.0], [np.inf], "finite"),
+        ([0.0, np.nan], [1.0], r"NaN for in-distribution images \[1\]"),
+        ([0.0], [1.0, np.nan, np.nan], r"NaN for OOD images \[1, 2\]"),
     ],
 )
-def test_empty_or_non_finite_input_is_a_clear_error(
+def test_empty_or_nan_input_is_a_clear_error(
     in_scores: list[float], out_scores: list[float], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         ood_metrics(in_scores, out_scores)
+
+
+def test_infinite_scores_rank_as_the_most_extreme() -> None:
+    m = ood_metrics([0.0, -np.inf, 1.0], [np.inf, 2.0], confidence=None)
+    assert m.auroc == 1.0 and m.fpr95_in == 0.0
 
 
 def test_bad_bootstrap_settings_are_a_clear_error() -> None:

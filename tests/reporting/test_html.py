@@ -173,7 +173,7 @@ def test_report_shows_each_run_config_and_status(tmp_path: Path) -> None:
     make_study(tmp_path)
     html = (tmp_path / REPORT_FILE).read_text()
     assert "family: glow" in html  # config.yaml, verbatim
-    assert 'href="runs/model"' in html
+    assert 'href="./runs/model"' in html
     assert "status-done" in html and "val_bpd 4.2500" in html
 
 
@@ -219,8 +219,8 @@ def test_index_lists_every_study_with_its_finding(tmp_path: Path) -> None:
     index = write_index(tmp_path)
     assert index == tmp_path / INDEX_FILE
     html = index.read_text()
-    assert 'href="fashion-mnist/report.html"' in html
-    assert 'href="nested/chicken/report.html"' in html
+    assert 'href="./fashion-mnist/report.html"' in html
+    assert 'href="./nested/chicken/report.html"' in html
     assert "first finding: 0.1" in html and "second finding: 0.9" in html
     assert "not-a-study" not in html
 

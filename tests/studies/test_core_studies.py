@@ -77,7 +77,7 @@ def test_fashion_mnist_study_numbers_match_an_independent_recomputation(
     (again_row,) = again.table("ood_metrics").rows
     assert again_row[:-1] == metrics_row[:-1]  # all but the time it took
     index = (tmp_path / "index.html").read_text()
-    assert 'href="study/report.html"' in index and str(escape(result.finding)) in index
+    assert 'href="./study/report.html"' in index and str(escape(result.finding)) in index
 
 
 def test_unknown_study_option_is_one_clear_error(tmp_path: Path, mirror: Path) -> None:

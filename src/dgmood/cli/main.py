@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import re
+import shlex
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dgmood.nn.allocator import tune_malloc
@@ -25,6 +30,16 @@ console = Console(soft_wrap=True)  # long paths and markdown rows stay on one li
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
+def shown(value: object) -> str:
+    """``value`` as plain text in a Rich console: control characters (terminal escapes)
+    become ``?`` and Rich markup is escaped. Names from disk (run folders, configs, files,
+    error messages quoting them) go through it, so they print as they are."""
+    return escape(_CONTROL.sub("?", str(value)))
+
 
 DataDir = Annotated[
     Path | None,
@@ -43,6 +58,13 @@ Download = Annotated[
     bool,
     typer.Option("--download", help="Download missing datasets with torchvision's downloaders."),
 ]
+SkipUnreadable = Annotated[
+    bool,
+    typer.Option(
+        "--skip-unreadable",
+        help="folder:PATH sets: leave out image files that cannot be read, and list them.",
+    ),
+]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available).")]
 Dequantization = Annotated[
     str,
@@ -54,6 +76,15 @@ Dequantization = Annotated[
 Seed = Annotated[
     int, typer.Option(help="Seed of the dequantization noise (and of a VAE's sampled ELBO).")
 ]
+ExpectSha256 = Annotated[
+    str | None,
+    typer.Option(
+        "--expect-sha256",
+        help="The SHA-256 of RUN_DIR/model.safetensors that the run's sender published "
+        "(`sha256sum model.safetensors`); refuse the run unless it matches. The checksum "
+        "inside the file catches accidents, not tampering.",
+    ),
+]
 IwaeK = Annotated[
     int,
     typer.Option(
@@ -63,10 +94,30 @@ IwaeK = Annotated[
 ]
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(error: OSError) -> str:
+    where = f" while writing {error.filename}" if error.filename else ""
+    return f"{error.strerror or 'no space left on device'}{where}"
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    err_console.print(f"[yellow]warning:[/] {shown(message)}")
+
+
 def user_errors(func: F) -> F:
     """Turn errors a user can fix into one red line and exit code 2, not a traceback.
 
-    Ctrl-C is one line and exit code 130 (files are written atomically, so none is partial).
+    Ctrl-C is one line and exit code 130 (files are written atomically, so none is partial);
+    so is a full disk (exit code 2). Warnings are one yellow line each.
     """
 
     @functools.wraps(func)
@@ -76,9 +127,19 @@ def user_errors(func: F) -> F:
         from dgmood.training.loop import TrainingDivergedError
 
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
         except (DataError, RunDirError, TrainingDivergedError, ValueError, FileNotFoundError) as e:
-            err_console.print(f"[bold red]error:[/] {e}")
+            err_console.print(f"[bold red]error:[/] {shown(e)}")
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            err_console.print(
+                f"[bold red]error:[/] {shown(disk_full_message(e))}. Nothing half-written was "
+                "kept; free some space, then run the command again (finished work is reused)"
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted.[/] Finished results and caches are kept.")
@@ -87,13 +148,23 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _sources(data_dir: Path | None, mirror: Path | None, download: bool) -> Any:
+def _count(option: str, value: int) -> int:
+    """``value`` of a count option (``--limit``: 0 = all); a negative one is refused."""
+    if value < 0:
+        raise ValueError(f"{option} must be >= 0 (0 = all), got {value}")
+    return value
+
+
+def _sources(
+    data_dir: Path | None, mirror: Path | None, download: bool, skip_unreadable: bool = False
+) -> Any:
     from dgmood.data.loading import DataSources
 
     return DataSources(
         data_dir=str(data_dir) if data_dir else None,
         mirror=str(mirror) if mirror else None,
         download=download,
+        skip_unreadable=skip_unreadable,
     )
 
 
@@ -255,8 +326,27 @@ def train(
     except KeyboardInterrupt:
         _report_interrupt(run_dir)
         raise typer.Exit(130) from None
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        _report_disk_full(run_dir, error)
+        raise typer.Exit(2) from None
     took = f" in {result.seconds:.0f} s" if result.seconds else ""
-    console.print(f"trained {result.step} steps{took} -> {result.run_dir}")
+    console.print(f"trained {result.step} steps{took} -> {shown(result.run_dir)}")
+
+
+def _report_disk_full(run_dir: Path, error: OSError) -> None:
+    """One line: the disk is full, what is kept, how to continue."""
+    from dgmood.runs import CHECKPOINT_FILE, read_model_metadata
+
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        step = read_model_metadata(checkpoint).get("step", "?")
+        command = shlex.join(["dgmood", "train", "--resume", "--run-dir", str(run_dir)])
+        kept = f"the last checkpoint (step {step}) is whole; free some space, then: {command}"
+    else:
+        kept = "nothing was kept; free some space, then train again"
+    err_console.print(f"[bold red]error:[/] {shown(disk_full_message(error))}; {shown(kept)}")
 
 
 def _report_interrupt(run_dir: Path) -> None:
@@ -266,9 +356,10 @@ def _report_interrupt(run_dir: Path) -> None:
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
         step = read_model_metadata(checkpoint).get("step", "?")
+        command = shlex.join(["dgmood", "train", "--resume", "--run-dir", str(run_dir)])
         err_console.print(
-            f"[yellow]interrupted.[/] The last checkpoint (step {step}) is in {run_dir}; "
-            f"continue with: dgmood train --resume --run-dir {run_dir}"
+            f"[yellow]interrupted.[/] The last checkpoint (step {shown(step)}) is in "
+            f"{shown(run_dir)}; continue with: {shown(command)}"
         )
     else:
         err_console.print("[yellow]interrupted[/] before the first checkpoint was written.")
@@ -279,11 +370,13 @@ def _context(
     data_dir: Path | None,
     mirror: Path | None,
     download: bool,
+    skip_unreadable: bool = False,
     **values: Any,
 ) -> Any:
     from dgmood.studies import StudyContext
 
-    return StudyContext(out_dir=out_dir, sources=_sources(data_dir, mirror, download), **values)
+    sources = _sources(data_dir, mirror, download, skip_unreadable)
+    return StudyContext(out_dir=out_dir, sources=sources, **values)
 
 
 StudyContextFor = Callable[[Path], Any]  # out_dir -> the StudyContext a study runs in
@@ -318,6 +411,7 @@ def _study_context_options(
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
+    skip_unreadable: SkipUnreadable = False,
     device: Device = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     nproc: Annotated[
@@ -326,12 +420,15 @@ def _study_context_options(
 ) -> StudyContextFor:
     """The options of every command that runs a study, as its context for a given out dir."""
 
+    _count("--limit", limit)
+
     def context(out_dir: Path) -> Any:
         return _context(
             out_dir,
             data_dir,
             mirror,
             download,
+            skip_unreadable,
             preset=preset,
             steps=steps,
             budget_minutes=budget,
@@ -376,9 +473,9 @@ def _print_result(result: Any, out_dir: Path) -> None:
         console.print(f"\n[bold]{table.title}[/]")
         console.print(table.to_markdown(), markup=False)
     console.print(result.finding, style="bold", markup=False)
-    console.print(f"results: {out_dir}")
+    console.print(f"results: {shown(out_dir)}")
     if (out_dir / "report.html").exists():
-        console.print(f"report: {out_dir / 'report.html'}")
+        console.print(f"report: {shown(out_dir / 'report.html')}")
 
 
 @app.command()
@@ -396,6 +493,7 @@ def score(
     mirror: Mirror = None,
     download: Download = False,
     device: Device = "cpu",
+    expect_sha256: ExpectSha256 = None,
 ) -> None:
     """Per-sample statistics of a dataset under a run, computed once and cached in the run.
 
@@ -403,6 +501,7 @@ def score(
     """
     from dgmood.evaluation.compare import ScoringOptions, score_dataset
 
+    _count("--limit", limit)
     stats, label = score_dataset(
         run_dir,
         dataset,
@@ -411,8 +510,9 @@ def score(
         limit=limit,
         options=ScoringOptions(_dequant(dequantization), seed, batch_size, iwae_k),
         device=device or "cpu",
+        expect_sha256=expect_sha256,
     )
-    table = Table("statistic", "mean", "std", "min", "max", title=f"{label} under {run_dir}")
+    table = Table("statistic", "mean", "std", "min", "max", title=shown(f"{label} under {run_dir}"))
     for key, value in stats.items():
         if value.ndim == 1:
             cells = (value.mean(), value.std(), value.min(), value.max())
@@ -456,6 +556,8 @@ def evaluate(
     mirror: Mirror = None,
     download: Download = False,
     device: Device = "cpu",
+    expect_sha256: ExpectSha256 = None,
+    skip_unreadable: SkipUnreadable = False,
 ) -> None:
     """In-dist vs OOD: bits/dim table, histograms, AUROC/AUPR/FPR@95TPR of each OOD score.
 
@@ -464,8 +566,10 @@ def evaluate(
     from dgmood.evaluation.compare import ScoringOptions
     from dgmood.studies import evaluate_run
 
+    _count("--limit", limit)
+    _count("--train-limit", train_limit)
     out = out_dir or run_dir / "eval"
-    ctx = _context(out, data_dir, mirror, download, limit=limit, device=device)
+    ctx = _context(out, data_dir, mirror, download, skip_unreadable, limit=limit, device=device)
     result = evaluate_run(
         run_dir,
         list(ood),
@@ -474,6 +578,7 @@ def evaluate(
         train_limit=train_limit,
         scoring=ScoringOptions(_dequant(dequantization), seed, iwae_k=iwae_k),
         device=device or "cpu",
+        expect_sha256=expect_sha256,
     )
     _print_result(result, out)
 
@@ -589,7 +694,7 @@ def benchmark(
     """
     from dgmood.studies import run_study
 
-    options: dict[str, Any] = {"train_limit": train_limit}
+    options: dict[str, Any] = {"train_limit": _count("--train-limit", train_limit)}
     for key, values in (
         ("in_datasets", in_datasets),
         ("ood", ood),
@@ -640,9 +745,17 @@ def predict(
         float,
         typer.Option(help="Fraction of in-distribution validation images the rule accepts."),
     ] = 0.95,
+    force_detector: Annotated[
+        bool,
+        typer.Option(
+            "--force-detector",
+            help="Use --detector even if it was trained on other data than the classifier.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
     mirror: Mirror = None,
     download: Download = False,
+    expect_sha256: ExpectSha256 = None,
 ) -> None:
     """Class probabilities of any photo, after the documented MNIST-ify path; with
     --detector, whether each input is rejected as OOD.
@@ -655,8 +768,15 @@ def predict(
       dgmood predict reports/chicken/runs/cnn-plain-cpu-mnist-* chicken.jpg \\
         --detector reports/chicken/runs/vae-bernoulli-cpu-mnist-*
     """
+    from dgmood.runs import MODEL_FILE, check_file_sha256
     from dgmood.studies.chicken import predict_files, screen_files
 
+    if expect_sha256 is not None:
+        check_file_sha256(run_dir / MODEL_FILE, expect_sha256)
+    if detector is not None and not force_detector:
+        from dgmood.evaluation.reject import check_detector_data
+
+        check_detector_data(run_dir, detector)
     predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
     screening = None
     if detector is not None:
@@ -676,7 +796,7 @@ def predict(
     table.columns[3].overflow = "fold"
     for i, p in enumerate(predictions):
         row = [
-            p.name,
+            shown(p.name),
             str(p.predicted_class),
             f"{p.confidence:.4f}",
             " ".join(f"{v:.3f}" for v in p.probabilities),
@@ -696,7 +816,7 @@ def predict(
             markup=False,
         )
     for figure in figures:
-        console.print(f"figure: {figure}")
+        console.print(f"figure: {shown(figure)}")
 
 
 @app.command("report")
@@ -718,8 +838,8 @@ def report(
 
     pages = rebuild_reports(path)
     for page in pages[1:]:
-        console.print(f"report: {page}")
-    console.print(f"report: {pages[0]}" if len(pages) == 1 else f"index: {pages[0]}")
+        console.print(f"report: {shown(page)}")
+    console.print(f"report: {shown(pages[0])}" if len(pages) == 1 else f"index: {shown(pages[0])}")
 
 
 @app.command("runs")
@@ -738,10 +858,16 @@ def runs(
 
     found = list_runs(root)
     if not found:
-        console.print(f"no run directories (config.yaml) below {root}")
+        console.print(f"no run directories (config.yaml) below {shown(root)}")
         return
     table = Table(
-        "run", "status", "model", "dataset", "step", "last validation", title=f"runs below {root}"
+        "run",
+        "status",
+        "model",
+        "dataset",
+        "step",
+        "last validation",
+        title=f"runs below {shown(root)}",
     )
     table.columns[0].overflow = "fold"
     colours = {"done": "green", "interrupted": "yellow"}
@@ -749,8 +875,10 @@ def runs(
         step = run.progress
         last = " ".join(f"{k}={v:.4f}" for k, v in run.last_val.items()) or run.note or "-"
         colour = colours.get(run.status, "red")
-        shown = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir
-        table.add_row(str(shown), f"[{colour}]{run.status}[/]", run.model, run.dataset, step, last)
+        name = run.run_dir.relative_to(root) if run.run_dir != root else run.run_dir
+        cells = (name, run.model, run.dataset, step, last)  # from disk: any text at all
+        table.add_row(*(shown(c) for c in cells[:1]), f"[{colour}]{run.status}[/]",
+                      *(shown(c) for c in cells[1:]))  # fmt: skip
     console.print(table)
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import gzip
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from torch import Tensor
 from dgmood.data.cifar import load_cifar10, python_version, unverified
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
 from dgmood.data.gtsrb import load_gtsrb
+from dgmood.data.images import ImageLoadError
 from dgmood.data.imageset import ImageSet
 from dgmood.data.registry import (
     DATASETS,
@@ -340,8 +342,34 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
         raise DatasetNotFoundError(f"{path} is neither an image file nor a folder")
     if not files:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
-    images = load_user_images(files, req.channels, req.size)
+    if req.skip_unreadable:
+        images, files = _readable_images(files, req)
+    else:
+        try:
+            images = load_user_images(files, req.channels, req.size)
+        except ImageLoadError as error:
+            raise ImageLoadError(
+                f"{error}; pass --skip-unreadable to leave out the files that cannot be read"
+            ) from None
     return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
+
+
+def _readable_images(files: list[Path], req: LoadRequest) -> tuple[Tensor, list[Path]]:
+    """The images of ``files`` that can be read, and their files; a warning names the rest."""
+    images, kept, skipped = [], [], []
+    for file in files:
+        try:
+            images.append(load_user_images([file], req.channels, req.size))
+            kept.append(file)
+        except ImageLoadError as error:
+            skipped.append(f"{file} ({error})")
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped), stacklevel=2
+        )
+    if not kept:
+        raise DatasetNotFoundError(f"none of the {len(files)} image files could be read")
+    return torch.cat(images), kept
 
 
 _MNIST_HINT = "Run with --download, or put the four official .gz files in a mirror folder."
@@ -550,6 +578,7 @@ def load_dataset(
     size: int = 32,
     storage: str | None = None,
     memmap_above_bytes: int = MEMMAP_ABOVE_BYTES,
+    skip_unreadable: bool = False,
 ) -> ImageSet:
     """Load one split of a dataset as uint8 ``[N, C, H, W]`` at its native size.
 
@@ -567,6 +596,7 @@ def load_dataset(
         verify=verify,
         channels=channels,
         size=size,
+        skip_unreadable=skip_unreadable,
     )
     if name.startswith("folder:"):
         return _load_folder(Path(name.removeprefix("folder:")).expanduser(), req)

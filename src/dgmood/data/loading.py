@@ -20,6 +20,7 @@ class DataSources:
     # (dgmood.data.datasets), never which images: not part of a run's identity
     storage: str | None = None
     memmap_above_bytes: int = MEMMAP_ABOVE_BYTES  # "auto": memory-map splits larger than this
+    skip_unreadable: bool = False  # folder:PATH sets: leave out files that cannot be read
 
     def load_like(self, name: str, split: str, data: DataConfig) -> ImageSet:
         """Load ``name``/``split`` in the format (channels, size, upscaling) of ``data``.
@@ -44,5 +45,6 @@ class DataSources:
             size=data.image_size,
             storage=self.storage,
             memmap_above_bytes=self.memmap_above_bytes,
+            skip_unreadable=self.skip_unreadable,
         )
         return match_format(raw, data.channels, data.image_size, data.upscale)

@@ -19,6 +19,7 @@ class LoadRequest:
     verify: bool  # check official md5s
     channels: int  # wanted channels (used only by loaders that must resize on load)
     size: int  # wanted side (idem)
+    skip_unreadable: bool = False  # folder:PATH: leave out (and name) files that cannot be read
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import numpy as np
 from dgmood.data.dequantize import DequantMode
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
-from dgmood.evaluation.metrics import OODMetrics, ood_metrics
-from dgmood.inference import score_cached
+from dgmood.evaluation.metrics import NaNScoresError, OODMetrics, ood_metrics
+from dgmood.inference import check_iwae, score_cached
+from dgmood.io import Progress
 from dgmood.runs import LoadedRun, load_run
 from dgmood.scores.base import Score, ScoreInput
 
@@ -32,6 +33,11 @@ class ScoringOptions:
     batch_size: int = 256
     iwae_k: int = 0
     progress: bool = True
+
+
+def check_scoring(run: LoadedRun, options: ScoringOptions) -> None:
+    """Refuse, before anything is scored, options the run's model cannot score with."""
+    check_iwae(run.model, options.iwae_k)
 
 
 def prepare_input(
@@ -92,26 +98,39 @@ def compare_scores(
     for score in scores:
         if score.needs_fit and fit_data is None:
             raise ValueError(f"score {score.name!r} must be fitted: pass fit_data")
+        bar = Progress(2 + len(ood_sets), f"{score.name} on {in_test.label} and OOD", "steps")
         if fit_data is not None:
             score.fit(fit_data)
+        bar.update()
         started = time.perf_counter()
         in_values = score.score(in_test)
         in_seconds = time.perf_counter() - started
+        bar.update()
         for label, data in ood_sets.items():
             started = time.perf_counter()
             ood_values = score.score(data)
             seconds = in_seconds + time.perf_counter() - started
+            bar.update()
+            try:
+                metrics = ood_metrics(in_values, ood_values, confidence=confidence)
+            except NaNScoresError as error:
+                model = f"{in_test.run.name} ({in_test.run.run_dir})" if in_test.run else "?"
+                raise ValueError(
+                    f"score {score.name!r} of model {model}, {in_test.label} vs {label}: "
+                    f"{error}; no metric can be computed for it"
+                ) from None
             results.append(
                 ScoreComparison(
                     score=score.name,
                     in_label=in_test.label,
                     ood_label=label,
-                    metrics=ood_metrics(in_values, ood_values, confidence=confidence),
+                    metrics=metrics,
                     seconds_per_image=seconds / (len(in_test) + len(data)),
                     in_scores=in_values,
                     ood_scores=ood_values,
                 )
             )
+        bar.close()
     return results
 
 
@@ -124,9 +143,14 @@ def score_dataset(
     limit: int = 0,
     options: ScoringOptions | None = None,
     device: str = "cpu",
+    expect_sha256: str | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
-    """Cached per-sample statistics of ``dataset``/``split`` under the run in ``run_dir``."""
-    run = load_run(run_dir, device)
+    """Cached per-sample statistics of ``dataset``/``split`` under the run in ``run_dir``
+    (``expect_sha256``: the published SHA-256 of its model file, see :func:`load_run`)."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 = all), got {limit}")
+    run = load_run(run_dir, device, expect_sha256=expect_sha256)
+    check_scoring(run, options or ScoringOptions())
     imageset = (sources or DataSources()).load_like(dataset, split, run.config.data).head(limit)
     return dict(prepare_input(run, imageset, options=options).stats), (
         f"{imageset.label} ({len(imageset)} images)"

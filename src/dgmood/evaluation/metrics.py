@@ -13,6 +13,9 @@
 The two FPRs differ, often a lot: for in-distribution N(0, 1) and OOD N(2, 3^2),
 ``fpr95_in`` is 0.45 and ``fpr95_out`` 1.00. ``docs/metrics.md`` explains both.
 
+Scores of +-inf rank as the most extreme (a model may give log p = -inf to an image far
+from its data); NaN has no order and is one :class:`NaNScoresError` naming the images.
+
 Point estimates come from scikit-learn. The bootstrap intervals resample the two sets
 independently (:func:`scipy.stats.bootstrap`, percentile method); each resample's metrics
 are computed from one sort of the pooled scores, so 1000 resamples of 10,000 + 10,000 scores
@@ -34,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import bootstrap
+from scipy.stats import bootstrap, rankdata
 from sklearn.metrics import (
     average_precision_score,
     roc_auc_score,
@@ -58,6 +61,25 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
 _BOOTSTRAP_BATCH = 50  # resamples per vectorized call: bounds memory at ~50 x n_in+n_out
 
 
+class NaNScoresError(ValueError):
+    """Scores with NaN: no order, so no metric. Names the images (indices) that have one."""
+
+    def __init__(self, in_indices: np.ndarray, ood_indices: np.ndarray) -> None:
+        self.in_indices, self.ood_indices = in_indices, ood_indices
+        parts = [
+            f"{name} images {_shown_indices(indices)}"
+            for name, indices in (("in-distribution", in_indices), ("OOD", ood_indices))
+            if indices.size
+        ]
+        super().__init__(f"the score is NaN for {' and '.join(parts)}")
+
+
+def _shown_indices(indices: np.ndarray, at_most: int = 10) -> str:
+    shown = ", ".join(str(int(i)) for i in indices[:at_most])
+    more = f", ... ({indices.size} in all)" if indices.size > at_most else ""
+    return f"[{shown}{more}]"
+
+
 def _validate(in_scores: ArrayLike, out_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     scores_in = np.asarray(in_scores, dtype=np.float64).ravel()
     scores_out = np.asarray(out_scores, dtype=np.float64).ravel()
@@ -66,8 +88,16 @@ def _validate(in_scores: ArrayLike, out_scores: ArrayLike) -> tuple[np.ndarray, 
             f"OOD metrics need both in-distribution and OOD scores; got {scores_in.size} "
             f"in-distribution and {scores_out.size} OOD scores"
         )
+    nan_in, nan_out = np.flatnonzero(np.isnan(scores_in)), np.flatnonzero(np.isnan(scores_out))
+    if nan_in.size or nan_out.size:
+        raise NaNScoresError(nan_in, nan_out)
     if not (np.isfinite(scores_in).all() and np.isfinite(scores_out).all()):
-        raise ValueError("OOD metrics need finite scores; got NaN or inf")
+        # +-inf is the most extreme score there is: rank it so (every metric here depends
+        # only on the order of the scores and their ties)
+        ranks = rankdata(np.concatenate([scores_in, scores_out]), method="dense")
+        return ranks[: scores_in.size].astype(np.float64), ranks[scores_in.size :].astype(
+            np.float64
+        )
     return scores_in, scores_out
 
 

@@ -32,7 +32,7 @@ from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.inference import images_fingerprint, score_images
 from dgmood.io import atomic_write_text
-from dgmood.runs import LoadedRun
+from dgmood.runs import LoadedRun, run_subdir
 from dgmood.scores.base import Score, ScoreInput, make_score
 
 THRESHOLDS_DIR = "thresholds"  # inside the detector's run directory
@@ -111,6 +111,27 @@ def _rule_key(
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def check_detector_data(classifier_dir: Path, detector_dir: Path) -> None:
+    """Refuse a detector trained on other data than the classifier it guards: its
+    likelihoods describe other images, so its rule would accept or reject at random."""
+    from dgmood.config import RunConfig
+    from dgmood.runs import MODEL_FILE, read_model_metadata
+
+    def dataset(run_dir: Path) -> str | None:  # None: loading the run says what is wrong
+        if not (run_dir / MODEL_FILE).is_file():
+            return None
+        return RunConfig.from_yaml(read_model_metadata(run_dir / MODEL_FILE)["config"]).data.dataset
+
+    classifier, detector = dataset(classifier_dir), dataset(detector_dir)
+    if classifier is not None and detector is not None and classifier != detector:
+        raise ValueError(
+            f"the detector {detector_dir} was trained on {detector}, the classifier "
+            f"{classifier_dir} on {classifier}: the detector knows nothing of the classifier's "
+            f"data; use a density run trained on {classifier} (e.g. `dgmood train vae --dataset "
+            f"{classifier}`), or pass --force-detector to use it anyway"
+        )
+
+
 def rule_path(
     detector_run: LoadedRun,
     score: Score,
@@ -121,7 +142,7 @@ def rule_path(
 ) -> Path:
     """Where the rule of these settings is stored in the detector's run directory."""
     key = _rule_key(score, accept, validation, fit_data, options or ScoringOptions())
-    return detector_run.run_dir / THRESHOLDS_DIR / f"{score.name}-{key}.json"
+    return run_subdir(detector_run.run_dir, THRESHOLDS_DIR) / f"{score.name}-{key}.json"
 
 
 def _stored_rule(path: Path, step: int) -> RejectRule | None:

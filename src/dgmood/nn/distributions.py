@@ -29,6 +29,24 @@ def log1mexp(a: Tensor) -> Tensor:
     return torch.where(a < math.log(2.0), torch.log(-torch.expm1(-a)), torch.log1p(-torch.exp(-a)))
 
 
+_TINY_LOG_WIDTH = -20.0  # below, log(1 - exp(-w)) = log(w) - w/2 + O(w^2) is log(w) in float
+
+
+def _log1mexp_of_width(log_scale: Tensor, bin_width: float) -> Tensor:
+    """``log(1 - exp(-w))`` of the bin width in scale units, ``w = bin_width / scale``.
+
+    For a very wide logistic, ``w`` underflows to 0 (log(0) = -inf); ``log w`` computed from
+    ``log_scale`` stays exact there, so a mass that tiny is a very negative number, never
+    -inf: an image far from anything a model has seen gets a finite, extreme log p.
+    """
+    log_width = math.log(bin_width) - log_scale
+    tiny = log_width < _TINY_LOG_WIDTH
+    width = torch.exp(-log_scale) * bin_width
+    # the branch not taken gets a harmless value, so its gradient is not NaN
+    regular = log1mexp(torch.where(tiny, torch.ones_like(width), width))
+    return torch.where(tiny, log_width, regular)
+
+
 def discretized_logistic_log_mass(
     x: Tensor,
     mean: Tensor,
@@ -57,7 +75,7 @@ def discretized_logistic_log_mass(
     log_cdf_upper = F.logsigmoid(upper)  # mass of (-inf, upper]: the lowest level's bin
     log_survival_lower = F.logsigmoid(-lower)  # mass of (lower, inf): the highest level's bin
     # the width in scale units directly, not upper - lower, which cancels for large |x - mean|
-    interior = log_cdf_upper + log_survival_lower + log1mexp(inverse_scale * bin_width)
+    interior = log_cdf_upper + log_survival_lower + _log1mexp_of_width(log_scale, bin_width)
     return torch.where(
         x < low + 0.5 * bin_width,
         log_cdf_upper,

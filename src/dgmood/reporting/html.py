@@ -5,12 +5,21 @@ The page opens with the finding, then the tables (numbers as displayed by
 data URIs, the config of every run, the study options, the time each step took and the
 environment. CSS is inline and nothing is fetched, so the file can be mailed or archived on
 its own. Jinja2 autoescapes everything: a finding or a config is shown as text, never as markup.
+
+A result folder may come from someone else, so a report reads only what lies inside it: a
+figure is embedded only if it is a regular file inside the result folder (after following
+any link), a run's config only if the run lies inside the folder the report was asked for;
+and every link is a relative, URL-encoded ``./`` path, never a URL a name could turn into
+``javascript:``.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import shlex
+import urllib.parse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +66,27 @@ def _is_numeric_column(table: Table, index: int) -> bool:
     )
 
 
-def _data_uri(path: Path) -> str | None:
-    """The file as a ``data:`` URI, or None when it is missing or not an image."""
+def inside(path: Path, root: Path) -> Path | None:
+    """``path`` with every link resolved, if it lies inside ``root`` (else None)."""
+    real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return real if real == real_root or real_root in real.parents else None
+
+
+def href(relative: str | os.PathLike[str]) -> str:
+    """A link to ``relative`` (a path below the page's folder): ``./`` + URL-encoded path,
+    so that no name (``javascript:...``, ``a#b``) is read as a scheme, query or fragment."""
+    return "./" + urllib.parse.quote(Path(relative).as_posix(), safe="/")
+
+
+def _data_uri(path: Path, out_dir: Path) -> tuple[str | None, str]:
+    """The figure as a ``data:`` URI, or None and why it is not embedded."""
     mime = _IMAGE_TYPES.get(path.suffix.lower())
-    if mime is None or not path.is_file():
-        return None
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    real = inside(path, out_dir)
+    if real is None:
+        return None, "is outside the result folder, so it is not embedded"
+    if mime is None or not real.is_file():
+        return None, "is missing"
+    return f"data:{mime};base64,{base64.b64encode(real.read_bytes()).decode('ascii')}", ""
 
 
 def duration(seconds: float) -> str:
@@ -85,6 +109,7 @@ class _RunView:
     config: str | None
     config_path: str
     summary: RunSummary | None
+    outside: bool  # outside the folder the report may read: not read
 
 
 def resolve_run_dir(recorded: str, role: str, out_dir: Path) -> Path:
@@ -101,24 +126,45 @@ def resolve_run_dir(recorded: str, role: str, out_dir: Path) -> Path:
     return candidates[0]
 
 
-def _run_views(result: StudyResult, out_dir: Path) -> list[_RunView]:
+def _run_views(result: StudyResult, out_dir: Path, read_root: Path) -> list[_RunView]:
     views = []
     for role, recorded in result.runs.items():
         run_dir = resolve_run_dir(recorded, role, out_dir)
         config_path = run_dir / "config.yaml"
-        config = config_path.read_text() if config_path.is_file() else None
+        # a config outside is not read (its existence alone is said)
+        outside = config_path.exists() and inside(config_path, read_root) is None
+        config = config_path.read_text() if not outside and config_path.is_file() else None
         summary = summarize_run(run_dir) if config is not None else None
-        href = Path(os.path.relpath(run_dir.resolve(), out_dir.resolve())).as_posix()
-        views.append(_RunView(role, recorded, href, config, str(config_path), summary))
+        relative = os.path.relpath(os.path.abspath(run_dir), os.path.abspath(out_dir))
+        views.append(
+            _RunView(role, recorded, href(relative), config, str(config_path), summary, outside)
+        )
     return views
 
 
-def render_report(result: StudyResult, out_dir: str | os.PathLike[str]) -> str:
-    """The HTML page of ``result``, whose figures and runs are found relative to ``out_dir``."""
+def _rebuild_path(out_dir: Path, read_root: Path) -> Path:
+    """What to pass to ``dgmood report``: the run, for a run evaluated in place (RUN/eval)."""
+    if out_dir.name == "eval" and os.path.abspath(out_dir.parent) == os.path.abspath(read_root):
+        return read_root
+    return out_dir
+
+
+def render_report(
+    result: StudyResult,
+    out_dir: str | os.PathLike[str],
+    read_root: str | os.PathLike[str] | None = None,
+) -> str:
+    """The HTML page of ``result``, whose figures and runs are found relative to ``out_dir``.
+
+    Figures are read only inside ``out_dir``; runs' configs only inside ``read_root``
+    (default ``out_dir``; e.g. the run directory whose ``eval/`` folder is ``out_dir``).
+    """
     out_dir = Path(out_dir)
+    root = Path(read_root) if read_root is not None else out_dir
     tables = [
         {
             "name": table.name,
+            "csv_href": href(f"{table.name}.csv"),
             "title": table.title,
             "caption": table.caption,
             "columns": table.columns,
@@ -127,16 +173,19 @@ def render_report(result: StudyResult, out_dir: str | os.PathLike[str]) -> str:
         }
         for table in result.tables
     ]
-    figures = [
-        {
-            "name": figure.name,
-            "title": figure.title,
-            "caption": figure.caption,
-            "path": figure.path,
-            "src": _data_uri(out_dir / figure.path),
-        }
-        for figure in result.figures
-    ]
+    figures = []
+    for figure in result.figures:
+        src, why_not = _data_uri(out_dir / figure.path, out_dir)
+        figures.append(
+            {
+                "name": figure.name,
+                "title": figure.title,
+                "caption": figure.caption,
+                "path": figure.path,
+                "src": src,
+                "why_not": why_not,
+            }
+        )
     timings = [(step, seconds, duration(seconds)) for step, seconds in result.timings.items()]
     total = sum(result.timings.values())
     template = _environment().get_template("report.html.j2")
@@ -144,21 +193,26 @@ def render_report(result: StudyResult, out_dir: str | os.PathLike[str]) -> str:
         result=result,
         tables=tables,
         figures=figures,
-        runs=_run_views(result, out_dir),
+        runs=_run_views(result, out_dir, root),
         timings=timings,
         total_seconds=total,
         total_shown=duration(total),
         version=_version(),
-        out_dir_name=str(out_dir),
+        rebuild_command=shlex.join(["dgmood", "report", str(_rebuild_path(out_dir, root))]),
     )
 
 
-def write_report(result: StudyResult, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``out_dir/report.html`` for ``result`` (atomically) and return its path."""
+def write_report(
+    result: StudyResult,
+    out_dir: str | os.PathLike[str],
+    read_root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write ``out_dir/report.html`` for ``result`` (atomically) and return its path
+    (``read_root``: see :func:`render_report`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
-    atomic_write_text(path, render_report(result, out_dir))
+    atomic_write_text(path, render_report(result, out_dir, read_root))
     return path
 
 
@@ -206,7 +260,7 @@ def write_index(reports_dir: str | os.PathLike[str]) -> Path:
         studies.append(
             {
                 "folder": relative,
-                "href": f"{relative}/{page}" if relative != "." else page,
+                "href": href(f"{relative}/{page}" if relative != "." else page),
                 "name": name,
                 "title": title,
                 "finding": finding,
@@ -223,20 +277,29 @@ def rebuild_reports(path: str | os.PathLike[str]) -> list[Path]:
 
     ``path`` is a study result folder (``result.json``), a run directory evaluated by
     ``dgmood evaluate`` (its ``eval/`` folder), or a folder of studies (each report is
-    rebuilt and ``index.html`` written). Returns the pages written, the main one first.
+    rebuilt and ``index.html`` written; a result that cannot be read is skipped with a
+    warning naming it, and listed as unreadable in the index). Returns the pages written,
+    the main one first.
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
     if (root / RESULT_FILE).exists():
         return [write_report(StudyResult.load(root), root)]
-    if (root / "eval" / RESULT_FILE).exists():
-        return [write_report(StudyResult.load(root / "eval"), root / "eval")]
+    if (root / "eval" / RESULT_FILE).exists():  # a run evaluated in place: its config is read
+        return [write_report(StudyResult.load(root / "eval"), root / "eval", read_root=root)]
     folders = study_folders(root)
     if not folders:
         raise FileNotFoundError(
             f"no study result (result.json) under {root}: run `dgmood reproduce STUDY` or "
             "`dgmood evaluate RUN --ood SET` first"
         )
-    pages = [write_report(StudyResult.load(folder), folder) for folder in folders]
+    pages = []
+    for folder in folders:  # one broken result does not stop the others: it is named
+        try:
+            result = StudyResult.load(folder)
+        except ValueError as error:
+            warnings.warn(f"skipped {folder}: {error}", stacklevel=2)
+            continue
+        pages.append(write_report(result, folder))
     return [write_index(root), *pages]

@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import math
+import re
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,17 @@ from dgmood.io import atomic_write_text
 
 RESULT_FILE = "result.json"
 Cell = str | int | float | None
+#: a table's name is a file stem (``<name>.csv``) and part of links: nothing else is allowed
+TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def markdown_text(value: str) -> str:
+    """``value`` as literal Markdown on one line: control characters and line breaks become
+    a space, and characters that would make a link, HTML, emphasis or a table cell border
+    are backslash-escaped (folder names, labels and titles can hold any of them)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _CONTROL.sub(" ", value))
 
 
 def _format(value: Cell, digits: int) -> str:
@@ -48,6 +61,11 @@ class Table:
     digits: int = 3  # decimals shown in Markdown/HTML (CSV keeps full precision)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not TABLE_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"invalid table name {self.name!r}: a table name is a file stem of letters, "
+                "digits, '_', '.' and '-'"
+            )
         for row in self.rows:
             if len(row) != len(self.columns):
                 raise ValueError(
@@ -64,12 +82,14 @@ class Table:
             for i in range(len(self.columns))
         ]
         lines = [
-            "| " + " | ".join(self.columns) + " |",
+            "| " + " | ".join(markdown_text(c) for c in self.columns) + " |",
             "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in self.formatted_rows()]
+        lines += [
+            "| " + " | ".join(markdown_text(c) for c in row) + " |" for row in self.formatted_rows()
+        ]
         text = "\n".join(lines) + "\n"
-        return text + (f"\n{self.caption}\n" if self.caption else "")
+        return text + (f"\n{self.caption}\n" if self.caption else "")  # authored, not names
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -115,11 +135,12 @@ class StudyResult:
         raise KeyError(f"study {self.study!r} has no table {name!r}")
 
     def to_markdown(self) -> str:
-        parts = [f"# {self.title}\n", f"**{self.finding}**\n"]
+        parts = [f"# {markdown_text(self.title)}\n", f"**{markdown_text(self.finding)}**\n"]
         for table in self.tables:
-            parts.append(f"## {table.title}\n\n{table.to_markdown()}")
+            parts.append(f"## {markdown_text(table.title)}\n\n{table.to_markdown()}")
         for figure in self.figures:
-            parts.append(f"![{figure.title}]({figure.path})\n")
+            target = urllib.parse.quote(figure.path, safe="/")
+            parts.append(f"![{markdown_text(figure.title)}]({target})\n")
         return "\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,5 +176,5 @@ class StudyResult:
             raise FileNotFoundError(f"{path} not found: is {out_dir} a study result folder?")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"{path} is not a valid study result ({error})") from None
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError, RecursionError) as e:
+            raise ValueError(f"{path} is not a valid study result ({e})") from None

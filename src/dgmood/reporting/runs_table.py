@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 
 from dgmood.config import UNTIL_BUDGET
-from dgmood.runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE, is_finished
+from dgmood.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunDirError,
+    check_run_files,
+    is_finished,
+)
 
 SKIPPED_DIRS = {".venv", "venv", "node_modules", "__pycache__", ".git", "scores"}
 DONE, INTERRUPTED, FAILED, UNREADABLE = "done", "interrupted", "failed", "unreadable"
@@ -83,6 +90,10 @@ def last_validation(run_dir: Path) -> dict[str, float]:
 def summarize_run(run_dir: Path) -> RunSummary:
     """Status, model, dataset, step and last validation metrics of one run directory."""
     run_dir = Path(run_dir)
+    try:
+        check_run_files(run_dir)  # nothing is read through a link (a received run)
+    except RunDirError as error:
+        return RunSummary(run_dir, UNREADABLE, "?", "?", None, None, {}, str(error))
     try:
         config: dict[str, Any] = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
         model = str(config.get("preset") or config.get("model", {}).get("family", "?"))

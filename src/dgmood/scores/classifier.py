@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dgmood.io import Progress
 from dgmood.scores.base import Score, ScoreInput, register_score
 
 ArrayLike = Tensor | np.ndarray
@@ -316,11 +317,13 @@ class Odin(Score):
         model = data.require_run(self.name).classifier()
         device = next(model.parameters()).device
         out = []
-        for start in range(0, len(data), self.batch_size):
-            chunk = data.images[start : start + self.batch_size]
-            x = to_model_input(chunk, model.input_spec).to(device)
-            logits = odin_logits(model, x, temperature=self.temperature, epsilon=self.epsilon)
-            out.append(odin_score(logits.cpu(), self.temperature).numpy())
+        with Progress(len(data), f"odin {data.label}", unit="images") as bar:
+            for start in range(0, len(data), self.batch_size):
+                chunk = data.images[start : start + self.batch_size]
+                x = to_model_input(chunk, model.input_spec).to(device)
+                logits = odin_logits(model, x, temperature=self.temperature, epsilon=self.epsilon)
+                out.append(odin_score(logits.cpu(), self.temperature).numpy())
+                bar.update(len(chunk))
         return np.concatenate(out).astype(np.float64)
 
 

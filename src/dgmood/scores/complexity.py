@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from dgmood.io import progress
 from dgmood.scores.base import Score, ScoreInput, register_score
 from dgmood.scores.density import negative_log_likelihood
 
@@ -79,7 +80,8 @@ def compressed_bits_per_dim(images: Tensor, codec: str) -> np.ndarray:
         return np.zeros(0)
     overhead = _overhead_bytes(codec, arrays.shape[1:])
     encode = CODECS[codec]
-    sizes = np.array([len(encode(np.ascontiguousarray(a))) for a in arrays], dtype=np.float64)
+    steps = progress(arrays, f"compress {codec}", unit="images")  # 1-2 minutes per model
+    sizes = np.array([len(encode(np.ascontiguousarray(a))) for a in steps], dtype=np.float64)
     return 8.0 * (sizes - overhead) / arrays[0].size
 
 

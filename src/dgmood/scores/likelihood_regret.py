@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from dgmood.io import Progress
 from dgmood.models.base import Capability
 from dgmood.models.latent.posteriors import LatentPosterior
 from dgmood.models.latent.vae import VAE
@@ -129,6 +130,7 @@ class LikelihoodRegret(Score):
         was_training = model.training
         model.eval()
         out: list[Any] = []
+        bar = Progress(len(data), f"likelihood regret {data.label}", unit="images")
         try:
             for start in range(0, len(data), self.batch_size):
                 chunk = data.images[start : start + self.batch_size]
@@ -144,6 +146,8 @@ class LikelihoodRegret(Score):
                     generator=generator,
                 )
                 out.append(regret.cpu().numpy())
+                bar.update(len(chunk))
         finally:
+            bar.close()
             model.train(was_training)
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)

@@ -72,6 +72,10 @@ class StudyContext:
     runs_root: Path | None = None  # where runs live (default OUT_DIR/runs); shared by studies
     nproc: int = 1  # data-parallel training processes per run (torch's launcher when > 1)
 
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"--limit must be >= 0 (0 = all), got {self.limit}")
+
     @property
     def runs_dir(self) -> Path:
         return self.runs_root or self.out_dir / RUNS_DIR

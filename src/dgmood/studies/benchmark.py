@@ -7,20 +7,31 @@ train (for fits) and test splits and each OOD test set are scored once and cache
 run; then every score is fitted on in-distribution training images and compared on
 in-distribution test vs each OOD set. Any folder of images is an OOD set (``folder:PATH``).
 
+A grid can take hours, so it says up front what it will do (a plan line: runs to train,
+sets to score, what the scores cost), writes ``benchmark.csv``/``.md`` again after every
+finished model x score cell (a kill loses the cell under way, not the grid), and records a
+cell that fails (a score that crashes, NaN scores) in a ``failed_cells`` table instead of
+ending the grid.
+
 References: Nalisnick et al., ICLR 2019; the scores' own references (``dgmood scores``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from dgmood.config import RunConfig
 from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, compare_scores
 from dgmood.evaluation.compare import prepare_input as prepare
+from dgmood.io import atomic_write_text, progress_enabled
+from dgmood.models.registry import model_kind
+from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
-from dgmood.runs import LoadedRun, read_metrics
+from dgmood.runs import MODEL_FILE, LoadedRun, is_finished, read_metrics, read_model_metadata
 from dgmood.scores.base import Score, make_score, score_names
 from dgmood.studies.base import Study, StudyContext, register_study
 
@@ -65,6 +76,43 @@ def applicable_scores(run: LoadedRun, names: Sequence[str], stats_keys: set[str]
     return [s for s in candidates if s.applies_to(run) and set(s.needs_stats) <= stats_keys]
 
 
+@dataclass(frozen=True)
+class FailedCell:
+    """A model x score cell of the grid that could not be computed, and why."""
+
+    in_dataset: str
+    model: str
+    score: str
+    error: str
+
+
+@dataclass
+class BenchmarkSink:
+    """The cells finished so far, written to ``out_dir`` after each one."""
+
+    out_dir: Path
+    rows: list[BenchmarkRow] = field(default_factory=list)
+    failures: list[FailedCell] = field(default_factory=list)
+
+    def add(self, rows: Sequence[BenchmarkRow]) -> None:
+        self.rows += rows
+        self._write()
+
+    def fail(self, failure: FailedCell) -> None:
+        self.failures.append(failure)
+        self._write()
+
+    def tables(self) -> list[Table]:
+        return [benchmark_table(self.rows)] + (
+            [failures_table(self.failures)] if self.failures else []
+        )
+
+    def _write(self) -> None:
+        for table in self.tables():
+            atomic_write_text(self.out_dir / f"{table.name}.csv", table.to_csv())
+            atomic_write_text(self.out_dir / f"{table.name}.md", table.to_markdown())
+
+
 def benchmark_model(
     ctx: StudyContext,
     in_dataset: str,
@@ -72,8 +120,14 @@ def benchmark_model(
     ood: Sequence[str],
     options: BenchmarkOptions,
     scoring: ScoringOptions,
+    sink: BenchmarkSink | None = None,
 ) -> list[BenchmarkRow]:
-    """Train or reuse ``model`` on ``in_dataset`` (and aux runs), compare scores on each OOD set."""
+    """Train or reuse ``model`` on ``in_dataset`` (and aux runs), compare scores on each OOD set.
+
+    Each score's rows go to ``sink`` as soon as they are computed; a score that fails is
+    recorded there as a :class:`FailedCell` and the other scores go on.
+    """
+    sink = sink or BenchmarkSink(ctx.out_dir)
     run = ctx.obtain_model(model, in_dataset)
     data = run.config.data
     with ctx.timed("score sets"):
@@ -103,11 +157,91 @@ def benchmark_model(
         ood_inputs = {
             name: prepare(run, ctx.load_set(name, "test", data), aux, scoring) for name in ood
         }
-    with ctx.timed("compare scores"):
-        comparisons = compare_scores(scores, in_test, ood_inputs, train)
-    return [
-        BenchmarkRow(in_dataset, c.ood_label, model, c, aux_seconds[c.score]) for c in comparisons
+    rows: list[BenchmarkRow] = []
+    for score in scores:
+        with ctx.timed("compare scores"):
+            try:
+                comparisons = compare_scores([score], in_test, ood_inputs, train)
+            except Exception as error:  # one cell lost, not the grid: recorded and named
+                sink.fail(
+                    FailedCell(in_dataset, model, score.name, f"{type(error).__name__}: {error}")
+                )
+                continue
+        cells = [
+            BenchmarkRow(in_dataset, c.ood_label, model, c, aux_seconds[c.score])
+            for c in comparisons
+        ]
+        rows += cells
+        sink.add(cells)
+    return rows
+
+
+def failures_table(failures: Sequence[FailedCell]) -> Table:
+    return Table(
+        name="failed_cells",
+        title="Cells that could not be computed",
+        columns=["in-distribution", "model", "score", "error"],
+        rows=[[f.in_dataset, f.model, f.score, f.error] for f in failures],
+        caption="Each row is one model x score cell of the grid that failed; the other cells "
+        "are unaffected.",
+    )
+
+
+def _is_done(ctx: StudyContext, config: RunConfig) -> bool:
+    weights = ctx.run_dir(config) / MODEL_FILE
+    if not weights.is_file():
+        return False
+    try:
+        return is_finished(read_model_metadata(weights), config.train.steps)
+    except Exception:  # a damaged file: training will say what is wrong
+        return False
+
+
+def benchmark_plan(ctx: StudyContext, options: BenchmarkOptions) -> str:
+    """One line, before anything runs: the runs to train, the sets to score, what it costs.
+
+    Counted from the configs alone (no run is loaded, no model built): a score counts for
+    every model of its kind (density or classifier), so auxiliary runs and slow scores are
+    an upper bound. Runs are counted once per identity, as they are trained.
+    """
+    scores = [make_score(name) for name in options.scores or score_names()]
+    wanted: dict[str, RunConfig] = {}  # run directory name -> config, main and auxiliary
+    aux_for: set[str] = set()  # scores that train auxiliary runs
+    slow: set[str] = set()  # scores that run the model on every image
+    passes = 0  # images scored, summed over the runs that score them
+    n_main = 0
+    for in_dataset in options.in_datasets:
+        n_ood = len([name for name in options.ood if name != in_dataset])
+        for model in options.models:
+            config = ctx.configure(run_preset(model, ctx.preset, in_dataset))
+            kind = model_kind(config.model)
+            runs = {ctx.run_dir(config).name: config}
+            n_main += 1
+            for score in (s for s in scores if s.model_kind == kind):
+                for aux_config in score.aux_runs(config).values():
+                    aux_config = ctx.configure(aux_config)
+                    runs[ctx.run_dir(aux_config).name] = aux_config
+                    aux_for.add(score.name)
+                if score.uses_model:
+                    slow.add(score.name)
+            wanted |= runs
+            per_set = ctx.limit or 10_000  # a test split
+            passes += len(runs) * ((options.train_limit or 60_000) + per_set * (1 + n_ood))
+    new = [name for name, config in wanted.items() if not _is_done(ctx, config)]
+    steps = sum(wanted[name].train.steps for name in new)
+    n_aux = max(0, len(wanted) - n_main)
+    parts = [
+        f"plan: {len(wanted)} runs ({n_aux} auxiliary"
+        + (f", for {', '.join(sorted(aux_for))}" if aux_for else "")
+        + f"), {len(new)} to train ({steps:,} steps)"
+        + (f": {', '.join(new)}" if new else ""),
+        f"each model scores its in-distribution train (fits) and test sets and "
+        f"{', '.join(options.ood)}: about {passes:,} images in all",
+        f"{len(scores)} scores",
     ]
+    if slow:
+        parts.append(f"{', '.join(sorted(slow))} run the model on every image (minutes per set)")
+    return "; ".join(parts)
 
 
 def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
@@ -201,26 +335,40 @@ class Benchmark(Study[BenchmarkOptions]):
             raise ValueError("the benchmark needs at least one in-distribution dataset and model")
         for name in o.scores:
             make_score(name)  # an unknown name fails before any training
+        for in_dataset in o.in_datasets:
+            if not [name for name in o.ood if name != in_dataset]:
+                raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
+        print(benchmark_plan(ctx, o), file=sys.stderr, flush=True)  # before hours of work
         scoring = ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        sink = BenchmarkSink(ctx.out_dir)
         rows: list[BenchmarkRow] = []
         runs: dict[str, str] = {}
-        for in_dataset in o.in_datasets:
-            ood = [name for name in o.ood if name != in_dataset]
-            if not ood:
-                raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
-            for model in o.models:
-                rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring)
-                config = ctx.run_config(model, in_dataset)
-                runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
-        missing = set(o.scores) - {r.comparison.score for r in rows}
+        with progress_enabled(ctx.progress):
+            for in_dataset in o.in_datasets:
+                ood = [name for name in o.ood if name != in_dataset]
+                for model in o.models:
+                    rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring, sink)
+                    config = ctx.run_config(model, in_dataset)
+                    runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+        missing = (
+            set(o.scores) - {r.comparison.score for r in rows} - {f.score for f in sink.failures}
+        )
         if o.scores and missing:
             raise ValueError(
                 f"score(s) {sorted(missing)} apply to none of the models {list(o.models)}"
             )
+        finding = benchmark_finding(rows)
+        if sink.failures:
+            finding += (
+                f" {len(sink.failures)} cell(s) failed and are listed in failed_cells: "
+                + "; ".join(f"{f.score} under {f.model} on {f.in_dataset}" for f in sink.failures)
+                + "."
+            )
         return self.result(
             ctx,
-            benchmark_finding(rows),
-            tables=[benchmark_table(rows)],
+            finding,
+            tables=sink.tables(),
             runs=runs,
             data={
                 "rows": [
@@ -245,5 +393,6 @@ class Benchmark(Study[BenchmarkOptions]):
                     }
                     for r in best_per_pair(rows)
                 ],
+                "failed_cells": [vars(f) for f in sink.failures],
             },
         )

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dgmood.evaluation.compare import ScoringOptions, compare_scores, prepare_input
+from dgmood.evaluation.compare import (
+    ScoringOptions,
+    check_scoring,
+    compare_scores,
+    prepare_input,
+)
 from dgmood.reporting.result import Cell, Figure, Table
 from dgmood.runs import LoadedRun
 from dgmood.scores.base import Score, ScoreInput, make_score, score_names
@@ -124,6 +129,11 @@ def likelihood_comparison(
         *[SetRole(name, "test", "ood", ctx.limit) for name in ood],
     ]
     chosen = select_scores(run, scores)
+    check_scoring(run, scoring)
+    # every set is loaded (an empty folder, a missing dataset refused) before any work
+    imagesets = [
+        (entry, ctx.load_set(entry.name, entry.split, data, entry.limit)) for entry in plan
+    ]
     aux_runs = {
         role: ctx.obtain(config)
         for score in chosen
@@ -131,8 +141,7 @@ def likelihood_comparison(
     }
     inputs: dict[str, tuple[str, ScoreInput]] = {}
     with ctx.timed("score sets"):
-        for entry in plan:
-            imageset = ctx.load_set(entry.name, entry.split, data, entry.limit)
+        for entry, imageset in imagesets:
             inputs[imageset.label] = (entry.role, prepare_input(run, imageset, aux_runs, scoring))
     by_role = {
         role: [lab for lab, (r, _) in inputs.items() if r == role]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dgmood.evaluation.compare import ScoringOptions
+from dgmood.io import progress_enabled
 from dgmood.reporting.html import write_index, write_report
 from dgmood.reporting.result import StudyResult
 from dgmood.runs import load_run
@@ -37,7 +39,8 @@ def run_study(
             f"study {name!r} has no option(s) {sorted(unknown)}; known: {sorted(known)}"
         )
     study: Study[Any] = cls.with_options(overrides, **options)
-    result = study.run(ctx)
+    with progress_enabled(ctx.progress):
+        result = study.run(ctx)
     result.write(ctx.out_dir)
     write_report(result, ctx.out_dir)
     if index_dir is not None:
@@ -54,16 +57,19 @@ def evaluate_run(
     train_limit: int = 10_000,
     scoring: ScoringOptions | None = None,
     device: str = "cpu",
+    expect_sha256: str | None = None,
 ) -> StudyResult:
     """In-distribution vs OOD sets under an existing density-model run, without training.
 
-    Scores that need auxiliary runs train them into ``ctx.out_dir/runs``.
+    Scores that need auxiliary runs train them into ``ctx.out_dir/runs``. ``expect_sha256``:
+    the published SHA-256 of the run's model file (see :func:`dgmood.runs.load_run`).
     """
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, expect_sha256=expect_sha256)
     scoring = scoring or ScoringOptions(progress=ctx.progress)
-    _, sets, metrics, figures, data = likelihood_comparison(
-        run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
-    )
+    with progress_enabled(ctx.progress):
+        _, sets, metrics, figures, data = likelihood_comparison(
+            run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
+        )
     # the folder's name, not its path: a report is shared, the machine's layout is not
     folder = Path(run_dir).resolve().name
     result = StudyResult(
@@ -85,5 +91,7 @@ def evaluate_run(
         environment=environment(),
     )
     result.write(ctx.out_dir)
-    write_report(result, ctx.out_dir)
+    # the evaluated run was named by the user: its config may be read (it often lies outside)
+    read_root = os.path.commonpath([Path(run_dir).resolve(), ctx.out_dir.resolve()])
+    write_report(result, ctx.out_dir, read_root)
     return result

@@ -134,16 +134,26 @@ def train_or_reuse(
     """Train ``config`` into ``run_dir`` unless a finished run of the same identity is there.
 
     Returns True when it trained. Only what is trained counts (:meth:`RunConfig.same_run`):
-    a finished run is reused whatever the execution settings it was or is now asked with. A
-    run stopped by its ``execution.budget_minutes`` is finished. An unfinished run is
-    continued only with ``resume=True``; a finished run of a different identity is an error
-    (it is never overwritten).
+    a finished run is reused whatever the execution settings it was or is now asked with,
+    and as it is (its lock is not even taken). A run stopped by its
+    ``execution.budget_minutes`` is finished. With ``resume=True`` an unfinished run is
+    continued and a run that does not exist yet is started, so one flag serves a whole study
+    after any interruption; without it, an unfinished run is refused. A finished run of a
+    different identity is an error (it is never overwritten).
     """
     run_dir = Path(run_dir)
-    if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists() and not resume:
+    if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists():
         stored = RunConfig.load(run_dir / CONFIG_FILE)
         metadata = read_model_metadata(run_dir / MODEL_FILE)
         if stored.same_run(config) and is_finished(metadata, config.train.steps):
             return False
-    train_processes(config, run_dir, nproc=nproc, sources=sources, resume=resume, progress=progress)
+    started = (run_dir / CONFIG_FILE).exists()
+    train_processes(
+        config,
+        run_dir,
+        nproc=nproc,
+        sources=sources,
+        resume=resume and started,
+        progress=progress,
+    )
     return True

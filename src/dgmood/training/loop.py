@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from dgmood.config import UNTIL_BUDGET, RunConfig
 from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
-from dgmood.io import atomic_write_text, deferred_interrupts
+from dgmood.io import atomic_write_text, deferred_interrupts, is_terminal
 from dgmood.models.base import Capability, Classifier, DensityModel, MemoryLight, bits_per_dim
 from dgmood.models.registry import (
     build_model,
@@ -43,6 +44,7 @@ from dgmood.runs import (
     MODEL_FILE,
     Checkpoint,
     append_metrics,
+    check_checkpoint_fits,
     check_run_dir,
     load_checkpoint,
     model_state_dict,
@@ -299,9 +301,10 @@ def _resume_point(config: RunConfig, run_dir: Path) -> Checkpoint | None:
     """
     stored = RunConfig.load(run_dir / CONFIG_FILE)
     if stored.model != config.model or stored.data != config.data:
+        command = shlex.join(["dgmood", "train", "--resume", "--run-dir", str(run_dir)])
         raise ValueError(
             f"cannot resume {run_dir}: its model/data config differs from the one given; "
-            f"resume with its stored config: dgmood train --resume --run-dir {run_dir} "
+            f"resume with its stored config: {command} "
             "(--set train.* may still change the training settings)"
         )
     if not any(
@@ -334,6 +337,10 @@ class _Session:
     loss_fn: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] = field(
         init=False, default_factory=lambda: compute_loss
     )
+    # sums of the logged values over the steps since the last log record, and how many: a
+    # checkpoint keeps them, so a resumed run logs the same averages as an uninterrupted one
+    log_sums: dict[str, float] = field(init=False, default_factory=dict)
+    log_count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         precision = self.config.execution.precision
@@ -385,6 +392,9 @@ class _Session:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state, self.cuda_devices)
+        # absent from checkpoints of older dgmood: the first record then averages fewer steps
+        self.log_sums = {k: float(v) for k, v in state.get("log_sums", {}).items()}
+        self.log_count = int(state.get("log_count", 0))
         # forget log lines written after the checkpoint we resume from
         if not self.writer:
             return
@@ -465,6 +475,8 @@ class _Session:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             **rng_state(self.cuda_devices),
+            "log_sums": dict(self.log_sums),
+            "log_count": self.log_count,
         }
         if self.writer:
             with deferred_interrupts():
@@ -517,6 +529,8 @@ def train(
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
+    if resume and RunConfig.load(run_dir / CONFIG_FILE).model == config.model:
+        check_checkpoint_fits(run_dir, config)  # before a size it claims is built
     if config.execution.num_threads > 0:
         torch.set_num_threads(config.execution.num_threads)
     dev = _device(device or config.execution.device or None)
@@ -560,12 +574,10 @@ def _run_steps(
     bar = tqdm(
         total=None if train_cfg.steps >= UNTIL_BUDGET else train_cfg.steps,  # until the budget
         initial=start_step,
-        disable=not progress,
+        disable=not progress or not is_terminal(),  # a log gets the validation lines only
         desc="train",
         dynamic_ncols=True,
     )
-    running: dict[str, float] = {}
-    running_count = 0
     last_good_step = start_step
     stopped_at: int | None = None
     try:
@@ -578,12 +590,13 @@ def _run_steps(
                 raise _Diverged(step, global_loss.item())
             grad_norm = session.update(loss)
             done = step + 1
+            sums = session.log_sums
             for key, value in {"loss": global_loss.item(), **_term_means(terms)}.items():
-                running[key] = running.get(key, 0.0) + value
-            running_count += 1
+                sums[key] = sums.get(key, 0.0) + value
+            session.log_count += 1
             bar.update(1)
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-                record = {k: v / running_count for k, v in running.items()}
+                record = {k: v / session.log_count for k, v in sums.items()}
                 record.update(
                     step=done,
                     lr=float(session.scheduler.get_last_lr()[0]),
@@ -594,7 +607,7 @@ def _run_steps(
                 if session.writer:
                     append_metrics(run_dir, record)
                 history.append(record)
-                running, running_count = {}, 0
+                session.log_sums, session.log_count = {}, 0
             is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
             out_of_time = done < train_cfg.steps and budget_exceeded(
                 started, session.config.execution.budget_minutes, session.parallel

@@ -95,9 +95,7 @@ class MNISTCNN(Classifier):
         stride = 2 if config.pooling == "stride" else 1
         for out_channels in config.channels:
             blocks += [
-                nn.Conv2d(
-                    previous, out_channels, 3, stride, padding=1, bias=not config.batch_norm
-                ),
+                nn.Conv2d(previous, out_channels, 3, stride, padding=1, bias=not config.batch_norm),
                 nn.BatchNorm2d(out_channels) if config.batch_norm else nn.Identity(),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2) if config.pooling == "max" else nn.Identity(),

@@ -68,9 +68,14 @@ class GaussianPosterior(LatentPosterior):
         self.latent_dim = latent_dim
         self.to_mean_and_log_std = nn.Linear(feature_dim, 2 * latent_dim)
 
+    #: bound on |log sigma|: sigma in [2e-9, 5e8], far outside what training reaches, so that
+    #: exp(2 log sigma) in the KL and the sampled z stay finite for any input
+    max_abs_log_std = 20.0
+
     def mean_and_log_std(self, features: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = self.to_mean_and_log_std(features).chunk(2, dim=-1)
-        return mean, log_std
+        bound = self.max_abs_log_std
+        return mean, log_std.clamp(-bound, bound)
 
     def transform_noise(self, features: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = self.mean_and_log_std(features)
