@@ -22,20 +22,38 @@ from tqdm.auto import tqdm
 from dgmood.data.dequantize import DequantMode, to_model_input
 from dgmood.data.imageset import ImageSet
 from dgmood.io import atomic_write_bytes
-from dgmood.models.base import Classifier, DensityModel, bits_per_dim
+from dgmood.models.base import Classifier, DensityModel, InputSpec, bits_per_dim
 from dgmood.runs import SCORES_DIR, read_score_cache
 
-STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
+# part of every score cache key: bump it when the statistics of the same images change
+# (2: random draws seeded by image content, no longer by position)
+SCORING_VERSION = 2
 
 
-def _image_noise(count: int, start: int, shape: tuple[int, ...], seed: int) -> Tensor:
-    """Dequantization offsets for images ``start .. start+count-1``, each seeded by its index.
+def image_seeds(images: Tensor, seed: int, stream: str) -> list[int]:
+    """One seed per uint8 image: a hash of ``seed``, the ``stream`` and the image's bytes.
 
-    Image ``i`` always gets the same noise for a given seed, whatever the batch size.
+    An image gets the same random draws wherever it appears (in a dataset, alone, in any
+    order or batch): its score is a function of the model, the seed and the image only.
+    ``stream`` keeps different draws (dequantization noise, a VAE's latents) independent.
     """
-    out = torch.empty((count, *shape))
-    for row in range(count):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start + row)
+    salt = f"{seed}:{stream}:".encode()
+    pixels = images.contiguous().numpy()
+    return [
+        int.from_bytes(hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest(), "little")
+        for row in pixels
+    ]
+
+
+def _image_generators(images: Tensor, seed: int, stream: str) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in image_seeds(images, seed, stream)]
+
+
+def _image_noise(images: Tensor, seed: int) -> Tensor:
+    """Dequantization offsets in [0, 1), each image's drawn from its own seed."""
+    shape = tuple(images.shape[1:])
+    out = torch.empty((len(images), *shape))
+    for row, generator in enumerate(_image_generators(images, seed, "dequantization")):
         out[row] = torch.rand(shape, generator=generator)
     return out
 
@@ -54,18 +72,17 @@ def score_images(
 ) -> dict[str, np.ndarray]:
     """Per-sample statistics of uint8 ``images`` ``[N, C, H, W]`` under ``model``.
 
-    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples. Results do not
-    depend on ``batch_size``: the dequantization noise of image ``i`` is seeded by
-    ``(seed, i)``, and models whose score samples (a VAE's ELBO) are run in fixed blocks of
-    :data:`STOCHASTIC_BLOCK` images, each with its RNG seeded by ``(seed, block)``.
+    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples. An image's
+    statistics depend on the model, ``seed`` and the image only, not on ``batch_size`` nor on
+    the other images or its position among them: its dequantization noise and, for models
+    whose score samples (a VAE's ELBO), its latent draws come from generators seeded by the
+    seed and the image's bytes (:func:`image_seeds`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = model.input_spec
     device = next(model.parameters()).device
     stochastic = isinstance(model, DensityModel) and model.stochastic_log_prob
-    if stochastic:  # whole blocks per batch, so that block boundaries never move
-        batch_size = max(STOCHASTIC_BLOCK, batch_size // STOCHASTIC_BLOCK * STOCHASTIC_BLOCK)
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
@@ -73,22 +90,18 @@ def score_images(
     for start in tqdm(starts, disable=not progress, desc=desc, leave=False):
         chunk = images[start : start + batch_size]
         if dequantization == "uniform" and not spec.discrete:
-            noise = _image_noise(len(chunk), start, tuple(chunk.shape[1:]), seed)
+            noise = _image_noise(chunk, seed)
             bin_width = (spec.high - spec.low) / spec.n_levels
             x = to_model_input(chunk, spec, "none") + noise * bin_width
         else:
             x = to_model_input(chunk, spec, dequantization)
         x = x.to(device)
         if stochastic:
-            pieces = []
-            for offset in range(0, len(x), STOCHASTIC_BLOCK):
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    block = (start + offset) // STOCHASTIC_BLOCK
-                    torch.manual_seed(seed * 1_000_003 + block + 1)
-                    pieces.append(
-                        _batch_statistics(model, x[offset : offset + STOCHASTIC_BLOCK], iwae_k)
-                    )
-            stats = {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
+            assert isinstance(model, DensityModel)
+            stats = _with_bits_per_dim(
+                model.seeded_log_prob_terms(x, _image_generators(chunk, seed, "model"), iwae_k),
+                spec,
+            )
         else:
             stats = _batch_statistics(model, x, iwae_k)
         for key, value in stats.items():
@@ -103,14 +116,19 @@ def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Ten
         return {"logits": model.head(features), "features": features}
     if not isinstance(model, DensityModel):
         raise TypeError(f"cannot score with {type(model).__name__}")
-    spec = model.input_spec
     stats = dict(model.log_prob_terms(x))
-    stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
     if iwae_k > 0:
         iwae_log_prob = getattr(model, "iwae_log_prob", None)
         if iwae_log_prob is None:
             raise ValueError(f"{type(model).__name__} has no importance-weighted bound (IWAE)")
         stats["iwae_log_prob"] = iwae_log_prob(x, iwae_k)
+    return _with_bits_per_dim(stats, model.input_spec)
+
+
+def _with_bits_per_dim(terms: dict[str, Tensor], spec: InputSpec) -> dict[str, Tensor]:
+    stats = dict(terms)
+    stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
+    if "iwae_log_prob" in stats:
         stats["iwae_bits_per_dim"] = bits_per_dim(stats["iwae_log_prob"], spec)
     return stats
 
@@ -135,7 +153,7 @@ def score_cached(
 ) -> dict[str, np.ndarray]:
     """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz``."""
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
-    options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
+    options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}-v{SCORING_VERSION}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
     path = Path(run_dir) / SCORES_DIR / f"{key}.npz"
     cached = read_score_cache(path)  # a damaged cache file is removed and recomputed

@@ -76,6 +76,11 @@ def test_score_runs_in_chunks_and_does_not_touch_the_model(trained_vae: VAE) -> 
     scores = score.score(data)
     assert scores.shape == (5,) and np.isfinite(scores).all() and (scores >= 0).all()
     np.testing.assert_allclose(score.score(data), scores)  # seeded: same images, same regret
+    # seeded per image: an image's regret does not depend on its position or batch
+    reversed_data = ScoreInput(
+        stats={}, images=images.flip(0), labels=torch.full((5,), -1), run=run
+    )
+    np.testing.assert_allclose(score.score(reversed_data), scores[::-1], rtol=1e-5, atol=1e-5)
     assert score.applies_to(run)
     for key, value in trained_vae.state_dict().items():
         assert torch.equal(value, before[key])

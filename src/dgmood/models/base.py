@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -76,12 +77,23 @@ class DensityModel(nn.Module, ABC):
 
     input_spec: InputSpec
     # True when log_prob_terms draws random numbers (a VAE's sampled ELBO): scoring then
-    # seeds the RNG per fixed block of images so that results do not depend on batch size
+    # gives each image its own seeded generator (seeded_log_prob_terms), so that an image's
+    # score depends neither on the batch nor on its position among the inputs
     stochastic_log_prob: ClassVar[bool] = False
 
     @abstractmethod
     def log_prob_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Per-sample log density of ``x`` (continuous input scale) and its breakdown."""
+
+    def seeded_log_prob_terms(
+        self, x: Tensor, generators: Sequence[torch.Generator], iwae_k: int = 0
+    ) -> dict[str, Tensor]:
+        """:meth:`log_prob_terms` with image ``b``'s random draws from ``generators[b]``
+        alone (``iwae_k > 0``: also ``"iwae_log_prob"``). Models with ``stochastic_log_prob``
+        override it; the others draw nothing."""
+        if iwae_k > 0:
+            raise ValueError(f"{type(self).__name__} has no importance-weighted bound (IWAE)")
+        return self.log_prob_terms(x)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-sample log density (or log mass, for discrete models) of ``x``."""
