@@ -116,7 +116,10 @@ def _adam_on_one_image(
 def test_regret_is_the_best_elbo_gain_of_an_independent_adam_run(trained_vae: VAE) -> None:
     """Each image's regret = max over steps 0..T of ELBO_t - ELBO_0 under torch.optim.Adam."""
     images = torch.cat(
-        [_bars(2, torch.Generator().manual_seed(4)), torch.full((1, 1, 32, 32), 128, dtype=torch.uint8)]
+        [
+            _bars(2, torch.Generator().manual_seed(4)),
+            torch.full((1, 1, 32, 32), 128, dtype=torch.uint8),
+        ]
     )
     x = to_model_input(images, trained_vae.input_spec, "center")
     steps, lr, n_samples = 6, 2e-2, 3

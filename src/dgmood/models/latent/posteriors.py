@@ -25,7 +25,9 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def standard_normal_noise(shape: tuple[int, ...], like: Tensor, generator: Generators = None) -> Tensor:
+def standard_normal_noise(
+    shape: tuple[int, ...], like: Tensor, generator: Generators = None
+) -> Tensor:
     """Seeded N(0, I) noise with ``like``'s dtype and device (drawn on the generator's device).
 
     With one generator per image (a sequence of ``B`` for a ``[S, B, L]`` shape), image
