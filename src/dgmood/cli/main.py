@@ -582,8 +582,9 @@ def predict(
         bool | None,
         typer.Option(
             "--invert/--no-invert",
-            help="Force MNIST's white-on-black inversion on or off (default: auto-detect a "
-            "bright background).",
+            help="Force MNIST's white-on-black inversion on or off (default: photos are "
+            "inverted when their background is bright; images already in the dataset's "
+            "format are never inverted unless --invert).",
         ),
     ] = None,
     plot: Annotated[
@@ -611,19 +612,26 @@ def predict(
     mirror: Mirror = None,
     download: Download = False,
 ) -> None:
-    """Class probabilities of any photo, after the documented MNIST-ify path; with
-    --detector, whether each input is rejected as OOD.
+    """Class probabilities of image files; with --detector, whether each is rejected as OOD.
 
-    The threshold is fitted once on the detector's validation images and stored in
-    DETECTOR/thresholds/ (refitted when the detector was trained further).
+    An image already in the run's dataset format (e.g. 28x28 gray for an MNIST run) takes
+    exactly the dataset's geometry (28 -> 32 by zero padding); any other image, a photo,
+    takes the documented MNIST-ify path (crop, resize, invert a bright background, stretch).
+    The "input" column says which, and whether the image was inverted.
+
+    The detector's rule is its one stored rule: the 95% (--accept) quantile of the score on
+    the detector's validation images (the first data.val_size of its val_split), fitted once
+    and stored in DETECTOR/thresholds/ (refitted when the detector was trained further); the
+    chicken study reports the same rule.
 
     Examples:
       dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
       dgmood predict reports/chicken/runs/classifier chicken.jpg --detector reports/chicken/runs/vae
     """
-    from dgmood.studies.chicken import predict_files, screen_files
+    from dgmood.predict import predict_files, screen_files
 
-    predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
+    answered = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
+    predictions, figures = answered.predictions, answered.figures
     screening = None
     if detector is not None:
         screening = screen_files(
@@ -634,7 +642,7 @@ def predict(
             invert=invert,
             sources=_sources(data_dir, mirror, download),
         )
-    columns = ["image", "predicted", "confidence", "softmax over classes 0..K-1"]
+    columns = ["image (input)", "predicted", "confidence", "softmax over classes 0..K-1"]
     if screening is not None:
         columns += ["OOD?", f"{score_name} percentile"]
     table = Table(*columns)
@@ -642,7 +650,7 @@ def predict(
     table.columns[3].overflow = "fold"
     for i, p in enumerate(predictions):
         row = [
-            p.name,
+            f"{p.name}\n({answered.prepared[i].describe()})",
             str(p.predicted_class),
             f"{p.confidence:.4f}",
             " ".join(f"{v:.3f}" for v in p.probabilities),
@@ -654,6 +662,15 @@ def predict(
             ]
         table.add_row(*row)
     console.print(table)
+    inverted = [
+        p.name for p, prep in zip(predictions, answered.prepared, strict=True) if prep.inverted
+    ]
+    if inverted and invert is None:
+        console.print(
+            f"inverted to white-on-black (bright background): {', '.join(inverted)}; "
+            "--no-invert keeps them as they are",
+            markup=False,
+        )
     if screening is not None:
         rule = screening.rule
         console.print(

@@ -17,7 +17,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +41,10 @@ class LoadRequest:
     verify: bool  # check official md5s
     channels: int  # wanted channels (used only by loaders that must resize on load)
     size: int  # wanted side (idem)
+    # folders of user images: how a smaller image reaches `size`, and the sides of images
+    # already in the in-distribution dataset's format (they take its geometry, not MNIST-ify)
+    upscale: str = "pad"
+    native_sides: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,40 +261,26 @@ def _load_celeba(req: LoadRequest) -> ImageSet:
     return ImageSet("celeba", req.split, torch.from_numpy(out), torch.from_numpy(labels))
 
 
-def _rgb_square(image: Any, size: int) -> Tensor:
-    """Colour photo -> uint8 [3, size, size]: centre crop to a square, then resize."""
-    from PIL import Image
-
-    image = center_crop_square(image.convert("RGB"))
-    image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
-
-
-def user_image_to_tensor(
-    image: Any, channels: int, size: int, invert: bool | None = None
-) -> Tensor:
-    """One user image (PIL) -> uint8 ``[channels, size, size]``, the way every photo goes.
-
-    Gray targets take the MNIST-ify path (:func:`dgmood.data.images.mnistify`: grayscale,
-    centre crop, resize, white-on-black with ``invert=None`` auto-detection, autocontrast);
-    colour targets are centre-cropped and resized.
-    """
-    from dgmood.data.images import mnistify
-
-    if channels == 1:
-        return mnistify(image, size=size, invert=invert)
-    if channels == 3:
-        return _rgb_square(image, size)
-    raise ValueError(f"user images can be made 1- or 3-channel, not {channels}")
-
-
 def load_user_images(
-    paths: list[Path], channels: int, size: int, invert: bool | None = None
+    paths: list[Path],
+    channels: int,
+    size: int,
+    invert: bool | None = None,
+    *,
+    upscale: str = "pad",
+    native_sides: tuple[int, ...] = (),
 ) -> Tensor:
-    """Image files -> uint8 ``[N, channels, size, size]``; a bad file raises one clear error."""
-    from dgmood.data.images import load_image
+    """Image files -> uint8 ``[N, channels, size, size]``; a bad file raises one clear error.
 
-    return torch.stack([user_image_to_tensor(load_image(p), channels, size, invert) for p in paths])
+    Images already in the dataset's format (side ``size`` or one of ``native_sides``) take
+    the dataset's geometry, others the photo route: :func:`dgmood.data.images.prepare_image`.
+    """
+    from dgmood.data.images import prepare_files, stack_pixels
+
+    prepared = prepare_files(
+        paths, channels, size, upscale=upscale, native_sides=native_sides, invert=invert
+    )
+    return stack_pixels(prepared)
 
 
 def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
@@ -303,7 +292,9 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
         raise DatasetNotFoundError(f"{path} is neither an image file nor a folder")
     if not files:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
-    images = load_user_images(files, req.channels, req.size)
+    images = load_user_images(
+        files, req.channels, req.size, upscale=req.upscale, native_sides=req.native_sides
+    )
     return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
 
 
@@ -410,11 +401,14 @@ def load_dataset(
     verify: bool = True,
     channels: int = 1,
     size: int = 32,
+    upscale: str = "pad",
+    native_sides: tuple[int, ...] = (),
 ) -> ImageSet:
     """Load one split of a dataset as uint8 ``[N, C, H, W]`` at its native size.
 
     ``channels``/``size`` only matter for loaders that must resize on load (``celeba``,
     ``folder:PATH``); use :func:`dgmood.data.transforms.match_format` to make sets comparable.
+    ``upscale``/``native_sides`` only matter for ``folder:PATH`` (see :func:`load_user_images`).
     """
     req = LoadRequest(
         root=resolve_data_dir(data_dir),
@@ -424,6 +418,8 @@ def load_dataset(
         verify=verify,
         channels=channels,
         size=size,
+        upscale=upscale,
+        native_sides=native_sides,
     )
     if name.startswith("folder:"):
         return _load_folder(Path(name.removeprefix("folder:")).expanduser(), req)
