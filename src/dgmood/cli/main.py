@@ -63,6 +63,9 @@ IwaeK = Annotated[
 ]
 
 
+FIT_DATA_WORDS = {"train": "train", "held_out": "held-out images"}  # `dgmood scores`
+
+
 def user_errors(func: F) -> F:
     """Turn errors a user can fix into one red line and exit code 2, not a traceback.
 
@@ -454,7 +457,10 @@ def list_scores() -> None:
     for name in score_names():
         cls = score_class(name)
         needs = ", ".join(
-            [*cls.needs_stats, *(["fit on in-dist train"] if cls.needs_fit else [])]
+            [
+                *cls.needs_stats,
+                *([f"fit on in-dist {FIT_DATA_WORDS[cls.fits_on]}"] if cls.needs_fit else []),
+            ]
             + (["the model"] if cls.uses_model else [])
         )
         table.add_row(name, cls.model_kind, needs, cls.summary(), cls.references())
@@ -541,6 +547,14 @@ def benchmark(
     train_limit: Annotated[
         int, typer.Option(help="In-distribution training images used to fit scores.")
     ] = 10_000,
+    typicality_batch: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--typicality-batch",
+            help="Batch size M of the typicality test on batches (repeat for several, e.g. "
+            "--typicality-batch 5 --typicality-batch 25): AUROC and share of batches flagged.",
+        ),
+    ] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for runs and results.")] = Path(
         "reports/benchmark"
     ),
@@ -562,6 +576,7 @@ def benchmark(
         ("ood", ood),
         ("models", model),
         ("scores", score_names),
+        ("typicality_batch", typicality_batch),
     ):
         if values:
             options[key] = tuple(values)

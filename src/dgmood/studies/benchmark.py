@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from dgmood.config import RunConfig
 from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, compare_scores
 from dgmood.evaluation.compare import prepare_input as prepare
+from dgmood.evaluation.typicality import BatchTestResult, typicality_batch_test
 from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.runs import LoadedRun, read_metrics
 from dgmood.scores.base import Score, make_score, score_names
+from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, register_study
 
 
@@ -34,6 +36,9 @@ class BenchmarkOptions:
     scores: tuple[str, ...] = ()  # empty: every registered score that applies to each model
     train_limit: int = 10_000  # in-distribution training images scored for fits
     iwae_k: int = 0  # VAEs: score with the importance-weighted bound (0 = the ELBO)
+    # batch sizes M of the typicality test on batches (Nalisnick et al. 2019b; empty = none):
+    # fitted on half the in-distribution test set, batches from its other half and the OOD set
+    typicality_batch: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,16 @@ class BenchmarkRow:
     model: str
     comparison: ScoreComparison
     aux_train_seconds: float  # training time of the score's auxiliary runs (0 = none)
+
+
+@dataclass(frozen=True)
+class TypicalityBatchRow:
+    """The typicality test on batches of M images for one model and OOD set."""
+
+    in_dataset: str
+    ood: str
+    model: str
+    result: BatchTestResult
 
 
 def training_seconds(run: LoadedRun) -> float:
@@ -73,8 +88,13 @@ def benchmark_model(
     ood: Sequence[str],
     options: BenchmarkOptions,
     scoring: ScoringOptions,
+    batch_tests: list[TypicalityBatchRow] | None = None,
 ) -> list[BenchmarkRow]:
-    """Train or reuse ``model`` on ``in_dataset`` (and aux runs), compare scores on each OOD set."""
+    """Train or reuse ``model`` on ``in_dataset`` (and aux runs), compare scores on each OOD set.
+
+    With ``options.typicality_batch``, the typicality batch test's rows are appended to
+    ``batch_tests``.
+    """
     role = f"{in_dataset}-{model}"
     run = ctx.obtain_run(role, run_preset(model, ctx.preset, in_dataset))
     data = run.config.data
@@ -107,6 +127,16 @@ def benchmark_model(
         }
     with ctx.timed("compare scores"):
         comparisons = compare_scores(scores, in_test, ood_inputs, train)
+        if options.typicality_batch and batch_tests is not None:
+            for label, ood_input in ood_inputs.items():
+                batch_tests += [
+                    TypicalityBatchRow(in_dataset, label, model, result)
+                    for result in typicality_batch_test(
+                        negative_log_likelihood(in_test.stats),
+                        negative_log_likelihood(ood_input.stats),
+                        options.typicality_batch,
+                    )
+                ]
     return [
         BenchmarkRow(in_dataset, c.ood_label, model, c, aux_seconds[c.score]) for c in comparisons
     ]
@@ -166,6 +196,42 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
     )
 
 
+def typicality_batch_table(rows: Sequence[TypicalityBatchRow]) -> Table:
+    """The typicality test on batches of M images: AUROC and the share of batches flagged."""
+    return Table(
+        name="typicality_batch",
+        title="Typicality test on batches of M images (Nalisnick et al. 2019b)",
+        columns=[
+            "in-distribution",
+            "OOD",
+            "model",
+            "M",
+            "AUROC",
+            "threshold (bits/dim)",
+            "in-distribution batches flagged",
+            "OOD batches flagged",
+        ],
+        rows=[
+            [
+                r.in_dataset,
+                r.ood,
+                r.model,
+                r.result.batch_size,
+                r.result.auroc,
+                r.result.threshold,
+                r.result.in_flagged,
+                r.result.ood_flagged,
+            ]
+            for r in rows
+        ],
+        caption="Score of a batch: |mean NLL of its M images - H|. The entropy H and the "
+        "bootstrap thresholds (alpha = 0.01) come from the first half of the in-distribution "
+        "test set (held out: the model never trained on it); 1,000 batches per M are drawn "
+        "from its second half and from the OOD set. In-distribution batches flagged should "
+        "be about alpha.",
+    )
+
+
 def best_per_pair(rows: Sequence[BenchmarkRow]) -> list[BenchmarkRow]:
     best: dict[tuple[str, str], BenchmarkRow] = {}
     for r in rows:
@@ -205,23 +271,29 @@ class Benchmark(Study[BenchmarkOptions]):
             make_score(name)  # an unknown name fails before any training
         scoring = ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress)
         rows: list[BenchmarkRow] = []
+        batch_tests: list[TypicalityBatchRow] = []
+        if any(m < 1 for m in o.typicality_batch):
+            raise ValueError(f"typicality batch sizes must be >= 1, got {o.typicality_batch}")
         runs: dict[str, str] = {}
         for in_dataset in o.in_datasets:
             ood = [name for name in o.ood if name != in_dataset]
             if not ood:
                 raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
             for model in o.models:
-                rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring)
+                rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring, batch_tests)
                 runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(f"{in_dataset}-{model}"))
         missing = set(o.scores) - {r.comparison.score for r in rows}
         if o.scores and missing:
             raise ValueError(
                 f"score(s) {sorted(missing)} apply to none of the models {list(o.models)}"
             )
+        tables = [benchmark_table(rows)]
+        if batch_tests:
+            tables.append(typicality_batch_table(batch_tests))
         return self.result(
             ctx,
             benchmark_finding(rows),
-            tables=[benchmark_table(rows)],
+            tables=tables,
             runs=runs,
             data={
                 "rows": [
@@ -235,6 +307,10 @@ class Benchmark(Study[BenchmarkOptions]):
                         **r.comparison.metrics.to_dict(),
                     }
                     for r in rows
+                ],
+                "typicality_batch": [
+                    {"in_dataset": r.in_dataset, "ood": r.ood, "model": r.model, **vars(r.result)}
+                    for r in batch_tests
                 ],
                 "best": [
                     {
