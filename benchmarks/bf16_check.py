@@ -31,7 +31,7 @@ from dgmood.inference import score_images
 from dgmood.nn.precision import autocast_context, cpu_flags, has_native_bf16
 from dgmood.presets import run_preset
 from dgmood.runs import load_run
-from dgmood.training.loop import train_or_reuse
+from dgmood.training.launch import train_or_reuse
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from skimage import data as skimage_data
 from typer.testing import CliRunner
 
 from dgmood.cli.main import app
+from tests.run_dirs import find_run
 
 runner = CliRunner()
 
@@ -65,9 +66,11 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
 
     photo = tmp_path / "cat.jpg"
     Image.fromarray(skimage_data.chelsea()).save(photo)
+    classifier = find_run(out / "runs", "cnn-plain-tiny-mnist")
+    vae = find_run(out / "runs", "vae-bernoulli-tiny-mnist")
     result = runner.invoke(
         app,
-        ["predict", str(out / "runs" / "classifier"), str(photo), "--plot", str(tmp_path / "fig")],
+        ["predict", str(classifier), str(photo), "--plot", str(tmp_path / "fig")],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -76,13 +79,13 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
 
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is text")
-    result = runner.invoke(app, ["predict", str(out / "runs" / "classifier"), str(not_an_image)])
+    result = runner.invoke(app, ["predict", str(classifier), str(not_an_image)])
     assert result.exit_code == 2 and "notes.png" in result.output
     assert "Traceback" not in result.output
 
-    result = runner.invoke(app, ["predict", str(out / "runs" / "vae"), str(photo)])
+    result = runner.invoke(app, ["predict", str(vae), str(photo)])
     assert result.exit_code == 2 and "not a classifier" in result.output
-    result = runner.invoke(app, ["evaluate", str(out / "runs" / "classifier"), "--ood", "mnist"])
+    result = runner.invoke(app, ["evaluate", str(classifier), "--ood", "mnist"])
     assert result.exit_code == 2 and "not a density model" in result.output
 
 

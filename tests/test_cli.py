@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from dgmood.cli.main import app
 from dgmood.reporting.runs_table import summarize_run
+from tests.run_dirs import find_run
 
 runner = CliRunner()
 
@@ -98,13 +99,11 @@ def test_train_score_evaluate_reproduce_tiny(tmp_path: Path, mirror: Path) -> No
     )
     assert result.exit_code == 0, result.output
     assert "AUROC of -log p(x)" in result.output
-    assert (report / "runs" / "model" / "model.safetensors").exists()
-    train_config = yaml.safe_load((report / "runs" / "model" / "config.yaml").read_text())["train"]
-    assert (train_config["steps"], train_config["budget_minutes"], train_config["lr"]) == (
-        4,
-        60.0,
-        0.0005,
-    )
+    run_dir = find_run(report / "runs", "glow-tiny-fashion-mnist")
+    assert (run_dir / "model.safetensors").exists()
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (stored["train"]["steps"], stored["train"]["lr"]) == (4, 0.0005)
+    assert stored["execution"]["budget_minutes"] == 60.0
     summary = (report / "summary.md").read_text()
     report_results = json.loads((report / "result.json").read_text())
     sets = next(t for t in report_results["tables"] if t["name"] == "bits_per_dim")
@@ -122,8 +121,8 @@ def test_train_budget_trains_until_the_budget_unless_steps_cap_it(
     result = invoke("train", "glow", "--run-dir", str(tmp_path / "a"), "--budget", "1e-9", *common)
     assert result.exit_code == 0, result.output
     assert "trained 1 steps" in result.output  # the budget, not the preset's steps, ended it
-    config = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["train"]
-    assert config["steps"] >= 10**9 and config["budget_minutes"] == 1e-9
+    config = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert config["train"]["steps"] >= 10**9 and config["execution"]["budget_minutes"] == 1e-9
     assert summarize_run(tmp_path / "a").progress == "1 (budget 1e-09 min)"  # not "1 / 10**9"
     listed = invoke("runs", str(tmp_path))
     assert listed.exit_code == 0 and "budget" in listed.output and "done" in listed.output
@@ -333,7 +332,7 @@ def test_reproduce_chicken_checks_model_roles(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["reproduce", "chicken", "-o", "classifier=glow", "--out-dir", str(tmp_path / "out")]
     )
-    assert result.exit_code == 2 and "not a classifier model" in result.output
+    assert result.exit_code == 2 and "glow is a density model, not a classifier" in result.output
     assert not (tmp_path / "out").exists()
     result = runner.invoke(app, ["reproduce", "nalisnick2019", "--scale", "huge"])
     assert result.exit_code == 2 and "unknown preset 'huge'" in result.output

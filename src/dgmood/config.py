@@ -1,14 +1,18 @@
 """Frozen, typed configuration for every run; saved as ``config.yaml`` next to each checkpoint.
 
-A run is ``RunConfig(model=<family config>, data=DataConfig, train=TrainConfig)``. Model
-configs are registered by family name in :mod:`dgmood.models.registry` so that YAML files
-round-trip: ``RunConfig.from_dict(cfg.to_dict()) == cfg``.
+A run is ``RunConfig(model=<family config>, data=DataConfig, train=TrainConfig,
+execution=ExecutionConfig)``: the first three are what is trained (the run's identity, which
+decides reuse and resume), the last how its steps execute. Model
+configs are registered by family name when their family is (``dgmood.models.registry``
+calls :func:`register_model_config`; importing :mod:`dgmood.models` registers the built-in
+families), so that YAML files round-trip: ``RunConfig.from_dict(cfg.to_dict()) == cfg``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import hashlib
+import json
 import math
 import types
 import typing
@@ -29,11 +33,14 @@ _MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
 class ModelConfig:
     """Base of every model-family config (a frozen dataclass with a ``family`` name).
 
-    Subclasses register themselves by family name when they are defined, so that a stored
-    config can name its family and be rebuilt (:meth:`RunConfig.from_dict`).
+    Registering the family (``dgmood.models.registry.register_family``) registers the
+    config class too, so that a stored config can name its family and be rebuilt
+    (:meth:`RunConfig.from_dict`). Numbers are checked by name: sizes (``*channels``,
+    ``*width``, ``n_*steps``, ...) >= 1, ``dropout`` in [0, 1), ``n_bits`` in 1..8, any
+    other number >= 0 unless its field says ``metadata={"signed": True}``.
     """
 
-    family: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # the name its family is registered under
 
     def __post_init__(self) -> None:
         # the model builders name the valid choices of their Literal fields themselves
@@ -50,23 +57,22 @@ class ModelConfig:
                     _require(1 <= item <= 8, "model", f.name, "in 1..8", value)
                 elif _is_size(f.name):
                     _require(item >= 1, "model", f.name, ">= 1", value)
-                else:
+                elif not f.metadata.get("signed", False):
                     _require(item >= 0, "model", f.name, ">= 0", value)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.family:
-            _MODEL_CONFIGS[cls.family] = cls
+
+def register_model_config(cls: type[ModelConfig]) -> None:
+    """Make stored configs of family ``cls.family`` loadable (called when a family registers)."""
+    if not cls.family:
+        raise ValueError(f"{cls.__name__} has no family name")
+    _MODEL_CONFIGS[cls.family] = cls
 
 
 def model_config_class(family: str) -> type[ModelConfig]:
-    """The config class of a model family (the built-in families are loaded on first use)."""
+    """The config class of a registered model family."""
     if family not in _MODEL_CONFIGS:
-        # the built-in families define their configs beside their networks; importing the
-        # package registers them (a plugin lookup, not a layering dependency)
-        importlib.import_module("dgmood.models")
-    if family not in _MODEL_CONFIGS:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(_MODEL_CONFIGS)}")
+        hint = "" if _MODEL_CONFIGS else " (families register when dgmood.models is imported)"
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(_MODEL_CONFIGS)}{hint}")
     return _MODEL_CONFIGS[family]
 
 
@@ -141,36 +147,62 @@ class TrainConfig:
     checkpoint_every: int = 500  # write a resumable checkpoint every N steps (0 = at the end)
     log_every: int = 20  # steps between metric log lines
     augment_flip: bool = False  # random horizontal flips (Glow uses none on MNIST-likes)
-    channels_last: bool = True  # NHWC memory format: ~1.25x faster convs on CPU
-    num_threads: int = 0  # torch intra-op threads (0 = torch default)
-    budget_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
-    # bf16 autocast of the networks (flows keep 1x1 convs, log-dets and priors in fp32);
-    # "auto" = bf16 where the CPU/GPU has native bf16, fp32 elsewhere; see docs/RESULTS.md, Speed
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    # flows (Glow, RealNVP): recompute activations from outputs in backward instead of
-    # storing them; same gradients to round-off, activation memory flat in depth, ~1.5-2x
-    # the step time. How backprop runs, not what is trained: a run resumes with it switched
-    memory_light: bool = False
-    # torch.compile the training loss (forward + backward): minutes of compilation before the
-    # first step (seconds with a warm cache), then PixelCNN++ trains 1.25-1.5x faster on CPU
-    # (docs/RESULTS.md, Speed); pays for long runs. How steps run, not what: a run resumes
-    # with it switched
-    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
         for name in ("steps", "batch_size", "log_every"):
             _require(getattr(self, name) >= 1, "train", name, ">= 1", getattr(self, name))
-        for name in ("warmup_steps", "seed", "checkpoint_every", "num_threads"):
+        for name in ("warmup_steps", "seed", "checkpoint_every"):
             _require(getattr(self, name) >= 0, "train", name, ">= 0", getattr(self, name))
         _require(self.lr > 0, "train", "lr", "> 0", self.lr)
         _require(self.weight_decay >= 0, "train", "weight_decay", ">= 0", self.weight_decay)
         _require(self.grad_clip >= 0, "train", "grad_clip", ">= 0 (0 = off)", self.grad_clip)
 
 
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How a run's steps execute: chosen per invocation, never part of what is trained.
+
+    Changing any of these neither makes a finished run unusable nor blocks resuming it; the
+    values of the latest invocation are stored in ``config.yaml`` for the record. What is
+    trained (and so decides reuse and resume) is the rest of the config:
+    :meth:`RunConfig.identity`.
+    """
+
+    device: str = ""  # torch device ("" = cuda if available, else cpu)
+    num_threads: int = 0  # torch intra-op threads (0 = torch default)
+    channels_last: bool = True  # NHWC memory format: ~1.25x faster convs on CPU
+    # bf16 autocast of the networks (flows keep 1x1 convs, log-dets and priors in fp32);
+    # "auto" = bf16 where the CPU/GPU has native bf16, fp32 elsewhere; see docs/RESULTS.md, Speed
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # flows (Glow, RealNVP): recompute activations from outputs in backward instead of
+    # storing them; same gradients to round-off, activation memory flat in depth, ~1.5-2x
+    # the step time
+    memory_light: bool = False
+    # torch.compile the training loss (forward + backward): minutes of compilation before the
+    # first step (seconds with a warm cache), then PixelCNN++ trains 1.25-1.5x faster on CPU
+    # (docs/RESULTS.md, Speed); pays for long runs
+    compile: bool = False
+    budget_minutes: float = 0.0  # stop with a checkpoint after this wall time (0 = no limit)
+
+    def __post_init__(self) -> None:
+        _check_types(self, "execution")
+        _require(self.num_threads >= 0, "execution", "num_threads", ">= 0", self.num_threads)
+        _require(
+            self.budget_minutes >= 0, "execution", "budget_minutes", ">= 0", self.budget_minutes
+        )
+
+
 # keys that moved to another section (old -> new): a stored config that has the old one still
 # loads, with the value in its new place, since run directories outlive versions of dgmood
-_MOVED_KEYS = {"model.memory_light": "train.memory_light"}
+_MOVED_KEYS = {
+    "model.memory_light": "execution.memory_light",
+    "train.memory_light": "execution.memory_light",
+    **{
+        f"train.{name}": f"execution.{name}"
+        for name in ("num_threads", "channels_last", "precision", "compile", "budget_minutes")
+    },
+}
 
 
 def _move_old_keys(data: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +242,15 @@ def dataclass_to_dict(obj: Any) -> Any:
     if isinstance(obj, tuple | list):
         return [dataclass_to_dict(v) for v in obj]
     return obj
+
+
+def _non_default_fields(obj: Any) -> dict[str, Any]:
+    """``dataclass_to_dict(obj)`` without the fields that hold their default value."""
+    out = dataclass_to_dict(obj)
+    for f in fields(obj):
+        if f.default is not dataclasses.MISSING and getattr(obj, f.name) == f.default:
+            out.pop(f.name)
+    return dict(out)
 
 
 def _coerce(tp: Any, value: Any) -> Any:
@@ -261,13 +302,37 @@ def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A run: what is trained (``model``, ``data``, ``train``: its identity) and how its
+    steps execute (``execution``)."""
+
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = ""  # name of the preset this config started from, for the record
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclass_to_dict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """What is trained: model, data and training config, each field that differs from
+        its default. Two configs with the same identity train the same run, whatever their
+        ``execution`` or preset name; a field added later with a default that keeps the old
+        behaviour leaves every earlier run's identity (and hash) as it was."""
+        return {
+            "model": _non_default_fields(self.model),
+            "data": _non_default_fields(self.data),
+            "train": _non_default_fields(self.train),
+        }
+
+    def identity_hash(self, length: int = 12) -> str:
+        """A content hash of :meth:`identity` (hex), the name studies find runs by."""
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+    def same_run(self, other: RunConfig) -> bool:
+        """Whether ``other`` trains the same run (equal identities)."""
+        return self.identity() == other.identity()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -284,6 +349,7 @@ class RunConfig:
             data=dataclass_from_dict(DataConfig, data.get("data", {})),
             train=dataclass_from_dict(TrainConfig, data.get("train", {})),
             preset=data.get("preset", ""),
+            execution=dataclass_from_dict(ExecutionConfig, data.get("execution", {})),
         )
 
     def to_yaml(self) -> str:
@@ -318,9 +384,9 @@ UNTIL_BUDGET = 10**9  # train.steps of a run that trains until its time budget r
 
 
 def with_budget(config: T, minutes: float, steps: int | None = None) -> T:
-    """``config`` trained for ``minutes`` of wall time: ``train.budget_minutes`` set and,
+    """``config`` trained for ``minutes`` of wall time: ``execution.budget_minutes`` set and,
     unless ``steps`` caps it, ``train.steps`` unlimited (the budget ends the run)."""
-    config = replace_path(config, "train.budget_minutes", minutes)
+    config = replace_path(config, "execution.budget_minutes", minutes)
     return replace_path(config, "train.steps", steps if steps is not None else UNTIL_BUDGET)
 
 
@@ -339,8 +405,7 @@ def replace_path(obj: Any, dotted: str, value: Any) -> Any:
 
     ``value`` is a string parsed as YAML (so ``3``, ``1e-3``, ``true``, ``[1, 2]`` work).
     """
-    if dotted in _MOVED_KEYS:
-        raise ValueError(f"{dotted} moved to {_MOVED_KEYS[dotted]}: set that instead")
+    dotted = _MOVED_KEYS.get(dotted, dotted)  # an older name still sets its value
     head, _, rest = dotted.partition(".")
     names = {f.name for f in fields(obj)}
     if head not in names:

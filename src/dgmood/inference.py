@@ -12,7 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,17 @@ from tqdm.auto import tqdm
 from dgmood.data.dequantize import DequantMode, to_model_input
 from dgmood.data.imageset import ImageSet
 from dgmood.io import atomic_write_bytes
-from dgmood.models.base import Classifier, DensityModel, InputSpec, bits_per_dim
+from dgmood.models.base import (
+    Capability,
+    Classifier,
+    DensityModel,
+    ImportanceWeighted,
+    InputSpec,
+    Reconstructs,
+    SeededLogProb,
+    bits_per_dim,
+)
+from dgmood.models.registry import model_capabilities, spec_of_model
 from dgmood.runs import SCORES_DIR, read_score_cache
 
 # part of every score cache key: bump it when the statistics of the same images change
@@ -82,7 +92,7 @@ def score_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = model.input_spec
     device = next(model.parameters()).device
-    stochastic = isinstance(model, DensityModel) and model.stochastic_log_prob
+    stochastic = Capability.STOCHASTIC_LOG_PROB in model_capabilities(model)
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
@@ -97,11 +107,10 @@ def score_images(
             x = to_model_input(chunk, spec, dequantization)
         x = x.to(device)
         if stochastic:
-            assert isinstance(model, DensityModel)
-            stats = _with_bits_per_dim(
-                model.seeded_log_prob_terms(x, _image_generators(chunk, seed, "model"), iwae_k),
-                spec,
-            )
+            _check_iwae(model, iwae_k)
+            seeded = cast(SeededLogProb, model)
+            generators = _image_generators(chunk, seed, "model")
+            stats = _with_bits_per_dim(seeded.seeded_log_prob_terms(x, generators, iwae_k), spec)
         else:
             stats = _batch_statistics(model, x, iwae_k)
         for key, value in stats.items():
@@ -111,18 +120,23 @@ def score_images(
 
 
 def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Tensor]:
-    if isinstance(model, Classifier):
-        features = model.features(x)
-        return {"logits": model.head(features), "features": features}
-    if not isinstance(model, DensityModel):
-        raise TypeError(f"cannot score with {type(model).__name__}")
-    stats = dict(model.log_prob_terms(x))
+    family = spec_of_model(model)
+    if family.kind == "classifier":
+        classifier = cast(Classifier, model)
+        features = classifier.features(x)
+        return {"logits": classifier.head(features), "features": features}
+    density = cast(DensityModel, model)
+    stats = dict(density.log_prob_terms(x))
     if iwae_k > 0:
-        iwae_log_prob = getattr(model, "iwae_log_prob", None)
-        if iwae_log_prob is None:
-            raise ValueError(f"{type(model).__name__} has no importance-weighted bound (IWAE)")
-        stats["iwae_log_prob"] = iwae_log_prob(x, iwae_k)
-    return _with_bits_per_dim(stats, model.input_spec)
+        _check_iwae(model, iwae_k)
+        stats["iwae_log_prob"] = cast(ImportanceWeighted, model).iwae_log_prob(x, iwae_k)
+    return _with_bits_per_dim(stats, density.input_spec)
+
+
+def _check_iwae(model: nn.Module, iwae_k: int) -> None:
+    if iwae_k > 0 and Capability.IWAE not in model_capabilities(model):
+        name = spec_of_model(model).name
+        raise ValueError(f"{name} has no importance-weighted bound (IWAE)")
 
 
 def _with_bits_per_dim(terms: dict[str, Tensor], spec: InputSpec) -> dict[str, Tensor]:
@@ -204,10 +218,9 @@ def classify_images(
 @torch.no_grad()
 def reconstruct_images(model: DensityModel, images: Tensor) -> Tensor:
     """A VAE's reconstructions of uint8 ``images``, as floats in [0, 1] for display."""
-    reconstruct = getattr(model, "reconstruct", None)
-    if reconstruct is None:
-        raise ValueError(f"{type(model).__name__} cannot reconstruct images")
+    if Capability.RECONSTRUCTION not in model_capabilities(model):
+        raise ValueError(f"{spec_of_model(model).name} cannot reconstruct images")
     device = next(model.parameters()).device
     x = to_model_input(images, model.input_spec, "center").to(device)
-    result: Tensor = reconstruct(x)
+    result: Tensor = cast(Reconstructs, model).reconstruct(x)
     return result.clamp(0, 1).cpu()

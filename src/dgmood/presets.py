@@ -7,11 +7,10 @@ published setting (GPU-scale).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from dgmood.config import DataConfig, RunConfig, TrainConfig
+from dgmood.config import DataConfig, ExecutionConfig, RunConfig, TrainConfig
 from dgmood.data.datasets import DATASETS
-from dgmood.models.registry import resolve_model
+from dgmood.models.registry import family_spec, resolve_model
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
@@ -52,17 +51,11 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         eval_every=5000,
         checkpoint_every=2000,
         log_every=100,
-        channels_last=False,
     ),
 }
 
-# Per-family changes to the train presets, so that each `cpu` run fits in ~10 min on 2 cores.
-FAMILY_TRAIN_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    ("vae", "cpu"): {"steps": 1500, "eval_every": 500, "checkpoint_every": 250},
-    ("cnn", "cpu"): {"steps": 2000, "eval_every": 500, "checkpoint_every": 500},
-    ("pixelcnnpp", "cpu"): {"steps": 500, "batch_size": 32, "lr": 2e-3},
-    ("pixelcnnpp", "paper"): {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
-}
+# How the preset's steps run by default (never part of a run's identity)
+EXECUTION_PRESETS: dict[str, ExecutionConfig] = {"paper": ExecutionConfig(channels_last=False)}
 
 # Train presets that reuse another preset's model sizes (there is no `cpu-long` model).
 MODEL_SIZE_OF_TRAIN_PRESET: dict[str, str] = {"cpu-long": "cpu"}
@@ -79,6 +72,13 @@ def run_preset(
         channels = DATASETS[dataset].channels if dataset in DATASETS else 3
     data = DataConfig(dataset=dataset, channels=channels)
     model_config = resolve_model(model, MODEL_SIZE_OF_TRAIN_PRESET.get(preset, preset))
-    overrides = FAMILY_TRAIN_OVERRIDES.get((type(model_config).family, preset), {})
+    # each family's own changes to the train preset (its FamilySpec.train_overrides)
+    overrides = family_spec(model_config).train_overrides.get(preset, {})
     train = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
-    return RunConfig(model=model_config, data=data, train=train, preset=f"{model}/{preset}")
+    return RunConfig(
+        model=model_config,
+        data=data,
+        train=train,
+        preset=f"{model}/{preset}",
+        execution=EXECUTION_PRESETS.get(preset, ExecutionConfig()),
+    )

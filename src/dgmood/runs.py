@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from dgmood.config import RunConfig
 from dgmood.io import atomic_path, remove_stale_parts
-from dgmood.models.base import Classifier, DensityModel
-from dgmood.models.registry import build_model
+from dgmood.models.base import Capability, Classifier, DensityModel, FamilySpec
+from dgmood.models.registry import build_model, capabilities, family_spec, models_with
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -187,7 +187,7 @@ def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-#: model-file metadata key marking a run whose ``train.budget_minutes`` ended it
+#: model-file metadata key marking a run whose ``execution.budget_minutes`` ended it
 BUDGET_REACHED = "budget_reached"
 
 
@@ -212,7 +212,7 @@ def save_model(
 
 def is_finished(metadata: dict[str, str], steps: int) -> bool:
     """Whether a model file's ``metadata`` marks its training of ``steps`` (``train.steps``)
-    as done: all steps taken, or stopped by its ``train.budget_minutes``."""
+    as done: all steps taken, or stopped by its ``execution.budget_minutes``."""
     return int(metadata.get("step", 0)) >= steps or metadata.get(BUDGET_REACHED) == "1"
 
 
@@ -334,23 +334,33 @@ class LoadedRun:
         """What the run is, for tables: its preset (``glow/cpu``) or its model family."""
         return self.config.preset or type(self.config.model).family
 
+    @property
+    def spec(self) -> FamilySpec:
+        """The model family's spec (kind, capabilities, presets)."""
+        return family_spec(self.config.model)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this run's model can do (its family's spec, for its config)."""
+        return capabilities(self.config.model)
+
     def density_model(self) -> DensityModel:
         """The model as a :class:`DensityModel`, or one clear error naming the run."""
-        if not isinstance(self.model, DensityModel):
+        if self.spec.kind != "density":
             raise ValueError(
-                f"{self.run_dir} holds a {type(self.model).__name__}, not a density model "
-                "(glow, cv-glow, realnvp, pixelcnnpp or a vae)"
+                f"{self.run_dir} holds a {self.spec.name} classifier, not a density model "
+                f"({', '.join(models_with('density'))})"
             )
-        return self.model
+        return cast(DensityModel, self.model)
 
     def classifier(self) -> Classifier:
         """The model as a :class:`Classifier`, or one clear error naming the run."""
-        if not isinstance(self.model, Classifier):
+        if self.spec.kind != "classifier":
             raise ValueError(
-                f"{self.run_dir} holds a {type(self.model).__name__}, not a classifier "
+                f"{self.run_dir} holds a {self.spec.name} density model, not a classifier "
                 "(e.g. `dgmood train cnn --dataset mnist`)"
             )
-        return self.model
+        return cast(Classifier, self.model)
 
 
 def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedRun:
@@ -367,11 +377,7 @@ def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"
         step = int(metadata.get("step", 0))
     except (KeyError, ValueError, TypeError) as error:
         raise _corrupt(weights, f"malformed metadata: {error}") from None
-    model = build_model(config.model, config.data)
-    if not isinstance(model, DensityModel | Classifier):
-        raise RunDirError(
-            f"{run_dir}: {type(model).__name__} is neither a density model nor a classifier"
-        )
+    model = cast(DensityModel | Classifier, build_model(config.model, config.data))
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:

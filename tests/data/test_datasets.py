@@ -173,9 +173,16 @@ def test_celeba_fixture_crops_and_resizes(tmp_path: Path) -> None:
     test = load_dataset("celeba", "test", data_dir=tmp_path, verify=False, channels=3, size=32)
     assert train.images.shape == (2, 3, 32, 32) and test.images.shape == (2, 3, 32, 32)
     assert abs(int(test.images[1].float().mean()) - 120) <= 2  # 4th image is gray level 120
-    assert (folder / "dgmood-test-32px.npz").exists()  # decoded once, cached
+    # decoded once into a store; a changed image file makes it decode again
+    assert (tmp_path / "dgmood-store" / "celeba" / "test-32px" / "store.json").exists()
     again = load_dataset("celeba", "test", data_dir=tmp_path, verify=False, size=32)
     assert torch.equal(again.images, test.images)
+    Image.fromarray(np.full((218, 178, 3), 7, dtype=np.uint8)).save(images / names[3], quality=95)
+    os.utime(images, ns=(1, 1))  # the folder's mtime says its files changed
+    changed = load_dataset("celeba", "test", data_dir=tmp_path, verify=False, size=32)
+    assert abs(int(changed.images[1].float().mean()) - 7) <= 2
+    in_memory = load_dataset("celeba", "test", data_dir=tmp_path, verify=False, storage="memory")
+    assert torch.equal(in_memory.images, changed.images)
 
 
 def test_folder_of_user_images(tmp_path: Path) -> None:
@@ -212,11 +219,17 @@ def test_match_format_mnist_to_three_channels(mirror: Path, data_dir: Path) -> N
     assert s.images.shape == (10_000, 3, 32, 32)
 
 
-def test_gzip_extraction_is_real(mirror: Path, data_dir: Path) -> None:
-    load_dataset("fashion-mnist", "test", data_dir=data_dir, mirror=mirror)
-    raw = data_dir / "FashionMNIST" / "raw"
-    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz") as handle:
-        assert handle.read() == (raw / "t10k-labels-idx1-ubyte").read_bytes()
+def test_idx_files_read_as_torchvision_reads_them(
+    mirror: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    s = load_dataset("fashion-mnist", "test", data_dir=data_dir, mirror=mirror)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(mirror / "fashion-mnist" / f"{name}.gz") as packed:
+            (tmp_path / name).write_bytes(packed.read())
+    assert torch.equal(s.images[:, 0], read_image_file(str(tmp_path / "t10k-images-idx3-ubyte")))
+    assert torch.equal(s.labels, read_label_file(str(tmp_path / "t10k-labels-idx1-ubyte")))
 
 
 def test_resize_upscaling_fills_the_frame_and_bad_mode_is_rejected() -> None:
@@ -260,22 +273,46 @@ def test_imagenet32_fixture_npz_format(tmp_path: Path) -> None:
         load_dataset("imagenet32", "train", data_dir=tmp_path / "none")
 
 
-def test_extracted_and_copied_files_get_ordinary_permissions(tmp_path: Path) -> None:
-    import gzip
-
-    from dgmood.data.datasets import _gunzip
+def test_copied_files_get_ordinary_permissions(tmp_path: Path) -> None:
     from dgmood.data.sources import copy_verified, md5sum
 
     packed = tmp_path / "raw.gz"
     packed.write_bytes(gzip.compress(b"idx bytes"))
     previous = os.umask(0o022)
     try:
-        _gunzip(packed, tmp_path / "out" / "raw")
         copy_verified(packed, tmp_path / "copy" / "raw.gz", md5sum(packed))
     finally:
         os.umask(previous)
-    assert (tmp_path / "out" / "raw").read_bytes() == b"idx bytes"
-    assert (tmp_path / "copy" / "raw.gz").read_bytes() == packed.read_bytes()
-    for written in (tmp_path / "out" / "raw", tmp_path / "copy" / "raw.gz"):
-        assert written.stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 would stick
-        assert [p.name for p in written.parent.iterdir()] == [written.name]
+    written = tmp_path / "copy" / "raw.gz"
+    assert written.read_bytes() == packed.read_bytes()
+    assert written.stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 would stick
+    assert [p.name for p in written.parent.iterdir()] == [written.name]
+
+
+def test_download_fetches_only_the_needed_gz_files(
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--download goes through torchvision's download_url (which checks the md5); a failed
+    download names the file and every mirror tried."""
+    import torchvision.datasets.utils as tv_utils
+
+    fetched: list[str] = []
+
+    def fake_download(url: str, root: str, filename: str, md5: str) -> None:
+        fetched.append(filename)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / "mnist" / filename, Path(root) / filename)
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    s = load_dataset("mnist", "test", data_dir=tmp_path, mirror=tmp_path / "none", download=True)
+    assert len(s) == 10_000 and sorted(fetched) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+
+    def offline(url: str, root: str, filename: str, md5: str) -> None:
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    with pytest.raises(DataError, match=r"cannot download train-images-idx3-ubyte\.gz.*no network"):
+        load_dataset("mnist", "train", data_dir=tmp_path, mirror=tmp_path / "none", download=True)

@@ -94,5 +94,5 @@ def test_two_cell_grid_end_to_end(tmp_path: Path, mirror: Path) -> None:
         assert 0.0 <= fractions[0] <= fractions[1] <= fractions[2] <= 1.0
         assert 0.0 <= cell["mnist_accuracy"] <= 1.0
         assert 0.1 <= cell["highest_photo_confidence"] <= 1.0
-        assert (tmp_path / "runs" / cell["cell"] / "model.safetensors").exists()
+        assert (Path(cell["run_dir"]) / "model.safetensors").exists()
     assert result.finding

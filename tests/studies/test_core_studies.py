@@ -18,6 +18,7 @@ from dgmood.reporting.result import StudyResult
 from dgmood.runs import load_run
 from dgmood.scores.classifier import confidence_fractions
 from dgmood.studies import StudyContext, run_study, study_names
+from tests.run_dirs import find_run
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def test_fashion_mnist_study_numbers_match_an_independent_recomputation(
 ) -> None:
     ctx = _ctx(tmp_path, mirror)
     result = run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])
-    run = load_run(ctx.run_dir("model"))
+    run = load_run(find_run(ctx.runs_dir, "glow-tiny-fashion-mnist"))
     assert run.step == 4 and run.config.preset == "glow/tiny"
 
     sources = DataSources(mirror=str(mirror))
@@ -94,7 +95,7 @@ def test_chicken_study_fractions_and_photos_match_the_classifier(
 ) -> None:
     ctx = _ctx(tmp_path, mirror, limit=128)
     result = run_study("chicken", ctx, ["fit_limit=256"])
-    classifier = load_run(ctx.run_dir("classifier"))
+    classifier = load_run(find_run(ctx.runs_dir, "cnn-plain-tiny-mnist"))
     fashion = DataSources(mirror=str(mirror)).load_like(
         "fashion-mnist", "test", classifier.config.data
     )
@@ -128,10 +129,11 @@ def test_a_time_budget_and_overrides_reach_every_run_and_the_run_is_then_reused(
         progress=False,
     )
     run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])
-    run = load_run(ctx.run_dir("model"))
+    run_dir = find_run(ctx.runs_dir, "glow-tiny-fashion-mnist")
+    run = load_run(run_dir)
     assert run.step == 1
-    assert run.config.train.lr == 0.0005 and run.config.train.budget_minutes == 1e-9
-    model_file = ctx.run_dir("model") / "model.safetensors"
+    assert run.config.train.lr == 0.0005 and run.config.execution.budget_minutes == 1e-9
+    model_file = run_dir / "model.safetensors"
     written = model_file.stat().st_mtime_ns
     run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])  # reused, not refused
     assert model_file.stat().st_mtime_ns == written
@@ -157,3 +159,18 @@ def test_an_evaluated_run_is_named_by_its_folder_not_its_absolute_path(
     result = evaluate_run(run_dir, ["mnist"], ctx, scores=["nll"], train_limit=64)
     assert result.title == "Is glow/tiny (glow-fm) fooled by mnist?"
     assert str(tmp_path) not in (ctx.out_dir / "report.html").read_text().split("</h1>")[0]
+
+
+def test_studies_find_runs_by_what_they_are_and_train_each_once(
+    tmp_path: Path, mirror: Path
+) -> None:
+    """Two studies asking for the same model, data and training share one run, found by its
+    identity (before, each study's role name made its own run directory and retrained it)."""
+    ctx = _ctx(tmp_path, mirror, limit=32)
+    run_study("fashion-mnist", ctx, ["train_limit=64", "scores=[nll]"])
+    run_dir = find_run(ctx.runs_dir, "glow-tiny-fashion-mnist")
+    written = (run_dir / "model.safetensors").stat().st_mtime_ns
+    run_study("decomposition", ctx, ["train_limit=64"])
+    assert [p.name for p in ctx.runs_dir.iterdir()] == [run_dir.name]
+    assert (run_dir / "model.safetensors").stat().st_mtime_ns == written
+    assert run_dir.name.endswith(load_run(run_dir).config.identity_hash())

@@ -8,6 +8,7 @@ import pytest
 from dgmood.data.loading import DataSources
 from dgmood.studies import StudyContext, run_study
 from dgmood.studies.pairs import log_px_nats, parse_pair
+from tests.run_dirs import find_run
 
 
 def test_pairs_both_directions_tiny(tiny_ctx: StudyContext) -> None:
@@ -33,7 +34,7 @@ def test_pairs_both_directions_tiny(tiny_ctx: StudyContext) -> None:
     for figure in result.figures:
         assert (tiny_ctx.out_dir / figure.path).exists()
         assert (tiny_ctx.out_dir / figure.path).with_suffix(".svg").exists()
-    assert (tiny_ctx.out_dir / "runs" / "glow-mnist" / "model.safetensors").exists()
+    assert (find_run(tiny_ctx.runs_dir, "glow-tiny-mnist") / "model.safetensors").exists()
 
 
 def test_log_px_from_bits_per_dim() -> None:

@@ -15,13 +15,14 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from dgmood.config import DataConfig, RunConfig, TrainConfig
+from dgmood.config import DataConfig, ExecutionConfig, RunConfig, TrainConfig
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
 from dgmood.models.registry import resolve_model
 from dgmood.reporting.runs_table import summarize_run
 from dgmood.runs import load_checkpoint, read_metrics
-from dgmood.training.loop import TrainResult, train, train_or_reuse
+from dgmood.training.launch import train_or_reuse
+from dgmood.training.loop import TrainResult, train
 
 # float32 throughout; the only difference between the runs is the order of float sums
 # (two half-batch gradient means averaged by all-reduce vs one full-batch mean, and
@@ -49,8 +50,8 @@ def run_config(steps: int) -> RunConfig:
             eval_every=3,
             checkpoint_every=3,
             log_every=1,
-            channels_last=False,
         ),
+        execution=ExecutionConfig(channels_last=False),
     )
 
 
@@ -114,7 +115,8 @@ def _train_loading_by_name(rank: int, parallel: Any, out: Path, mirror: str) -> 
     config = RunConfig(
         model=resolve_model("glow", "tiny"),
         data=DataConfig(train_limit=32, val_size=16),
-        train=TrainConfig(steps=1, batch_size=16, eval_every=0, channels_last=False),
+        train=TrainConfig(steps=1, batch_size=16, eval_every=0),
+        execution=ExecutionConfig(channels_last=False),
     )
     try:
         train(
@@ -239,7 +241,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
 
     config = run_config(6)
     budgeted = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, budget_minutes=1e-9)
+        config, execution=dataclasses.replace(config.execution, budget_minutes=1e-9)
     )
     result = train_synthetic(budgeted, tmp_path / "run")
     assert result.step == 1
@@ -259,14 +261,14 @@ def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None
 
 
 def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
-    """train.precision=auto trains (bf16 where native) to nearly the fp32 losses."""
+    """execution.precision=auto trains (bf16 where native) to nearly the fp32 losses."""
     import dataclasses
 
     config = run_config(4)
     losses = {}
     for precision in ("fp32", "auto"):
         cfg = dataclasses.replace(
-            config, train=dataclasses.replace(config.train, precision=precision)
+            config, execution=dataclasses.replace(config.execution, precision=precision)
         )
         result = train_synthetic(cfg, tmp_path / precision)
         losses[precision] = [r["loss"] for r in result.history if "loss" in r]
@@ -279,8 +281,8 @@ def test_bf16_training_is_refused_for_models_not_checked_under_it(tmp_path: Path
     config = dataclasses.replace(
         run_config(2),
         model=resolve_model("pixelcnnpp", "tiny"),
-        train=dataclasses.replace(run_config(2).train, precision="bf16"),
+        execution=dataclasses.replace(run_config(2).execution, precision="bf16"),
     )
-    with pytest.raises(ValueError, match="only supported for flows"):
+    with pytest.raises(ValueError, match="only supported for families checked.*glow"):
         train(config, tmp_path / "run", device="cpu", progress=False, train_set=images())
     assert not (tmp_path / "run").exists()  # nothing half-written is left behind

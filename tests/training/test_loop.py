@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from dgmood.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from dgmood.models.base import DensityModel, InputSpec
+from dgmood.config import DataConfig, ExecutionConfig, ModelConfig, RunConfig, TrainConfig
+from dgmood.models.base import DensityModel, FamilySpec, InputSpec
 from dgmood.models.flows import MultiscaleFlow
 from dgmood.models.registry import register_family, resolve_model
 from dgmood.runs import Checkpoint, load_checkpoint, read_metrics, save_checkpoint
@@ -113,9 +113,19 @@ class ExplodingDensity(DensityModel):
         return {"log_prob": log_prob}
 
 
-@register_family(ExplodingConfig)
 def _build_exploding(config: ExplodingConfig, data: DataConfig) -> ExplodingDensity:
     return ExplodingDensity(config.explode_at)
+
+
+register_family(
+    FamilySpec(
+        name="test-exploding",
+        config=ExplodingConfig,
+        build=_build_exploding,
+        kind="density",
+        presets={"tiny": ExplodingConfig(), "cpu": ExplodingConfig()},
+    )
+)
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_kept(
@@ -165,7 +175,9 @@ def test_memory_light_can_be_switched_when_resuming(
     config = tiny_run(steps=8)
 
     def with_light(cfg: RunConfig, light: bool) -> RunConfig:
-        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, memory_light=light))
+        return dataclasses.replace(
+            cfg, execution=dataclasses.replace(cfg.execution, memory_light=light)
+        )
 
     half = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4))
     straight = train(config, tmp_path / "straight", sources=sources, progress=False)
@@ -199,9 +211,10 @@ def test_memory_light_is_refused_for_models_without_it(
     config = RunConfig(
         model=resolve_model("vae", "tiny"),
         data=TINY_DATA,
-        train=TrainConfig(steps=2, batch_size=16, memory_light=True),
+        train=TrainConfig(steps=2, batch_size=16),
+        execution=ExecutionConfig(memory_light=True),
     )
-    with pytest.raises(ValueError, match="memory_light.*flows"):
+    with pytest.raises(ValueError, match="vae.*lacks memory-light.*execution.memory_light.*glow"):
         train(config, tmp_path / "run", sources=sources, progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -252,7 +265,9 @@ def test_cuda_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
 def test_compiled_training_takes_the_same_steps(tmp_path: Path, sources: DataSources) -> None:
     """train.compile changes how a step runs, not the run: same losses and weights."""
     config = tiny_run(steps=4)
-    compiled = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=True))
+    compiled = dataclasses.replace(
+        config, execution=dataclasses.replace(config.execution, compile=True)
+    )
     eager = train(config, tmp_path / "eager", sources=sources, progress=False)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -269,6 +284,33 @@ def test_compiled_training_takes_the_same_steps(tmp_path: Path, sources: DataSou
     reference = load_file(str(tmp_path / "eager" / "model.safetensors"))
     for key in reference:
         torch.testing.assert_close(weights[key], reference[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_a_finished_run_is_reused_whatever_its_execution_settings(
+    tmp_path: Path, sources: DataSources
+) -> None:
+    """Threads, precision, channels-last, compile, memory-light, device or a budget decide
+    how steps run, not what is trained: none of them makes a finished run unusable (before
+    the split, changing train.num_threads refused the finished run with RunDirError)."""
+    from dgmood.config import replace_path
+    from dgmood.training.launch import train_or_reuse
+
+    config = tiny_run(steps=4)
+    assert train_or_reuse(config, tmp_path / "run", sources=sources, progress=False)
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    for key, value in [
+        ("execution.num_threads", "1"),
+        ("execution.channels_last", "false"),
+        ("execution.memory_light", "true"),
+        ("execution.device", "cpu"),
+        ("execution.budget_minutes", "30"),
+    ]:
+        again = replace_path(config, key, value)
+        assert not train_or_reuse(again, tmp_path / "run", sources=sources, progress=False), key
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+    # what is trained still decides: a different identity is never trained over the run
+    with pytest.raises(RunDirError, match="already exists"):
+        train_or_reuse(replace_path(config, "train.lr", "0.5"), tmp_path / "run", sources=sources)
 
 
 def test_background_run_validates_on_clean_images(tmp_path: Path, sources: DataSources) -> None:

@@ -103,35 +103,42 @@ def _sources(data_dir: Path | None, mirror: Path | None, download: bool) -> Any:
 @app.command()
 def datasets() -> None:
     """List the datasets dgmood knows, with shape and how to get them."""
-    from dgmood.data.datasets import DATASETS
+    from dgmood.data.datasets import DATASETS, DERIVED_SPLITS
 
-    table = Table("name", "channels", "size", "splits", "how to get")
+    table = Table("name", "channels", "size", "splits", "what it is", "how to get")
     for spec in DATASETS.values():
+        splits = [*spec.splits, *(DERIVED_SPLITS if "train" in spec.splits else ())]
         table.add_row(
-            spec.name, str(spec.channels), str(spec.size), ",".join(spec.splits), spec.how_to_get
+            spec.name,
+            str(spec.channels),
+            str(spec.size),
+            ",".join(splits),
+            spec.notes,
+            spec.how_to_get,
         )
-    table.add_row("folder:PATH", "any", "any", "-", "your own images (PNG/JPEG/...)")
+    table.add_row("folder:PATH", "any", "any", "-", "your own images (PNG/JPEG/...)", "-")
     console.print(table)
 
 
 @app.command()
 def models() -> None:
-    """List model names (families and architectures) and their size presets."""
-    from dgmood.models.registry import model_names, resolve_model
+    """List model names (families and their architecture aliases), kind, size presets and
+    capabilities (what scores and studies can ask of them)."""
+    from dgmood.models.registry import capabilities, family_spec, model_names, resolve_model
 
-    table = Table("model", "family", "presets")
+    table = Table("model", "family", "kind", "presets")
+    table.add_column("capabilities", overflow="fold")
     for name in model_names():
-        presets = [p for p in ("tiny", "cpu", "paper") if _has_preset(resolve_model, name, p)]
-        table.add_row(name, type(resolve_model(name, presets[0])).family, ", ".join(presets))
+        config = resolve_model(name, "cpu")
+        spec = family_spec(config)
+        table.add_row(
+            name,
+            spec.name,
+            spec.kind,
+            " ".join(spec.presets),
+            " ".join(sorted(capabilities(config))),
+        )
     console.print(table)
-
-
-def _has_preset(resolve: Callable[[str, str], Any], name: str, preset: str) -> bool:
-    try:
-        resolve(name, preset)
-    except ValueError:
-        return False
-    return True
 
 
 @app.command("config")
@@ -192,12 +199,30 @@ def train(
             "unlimited unless --set train.steps=N; 0 = the preset's steps); --resume continues."
         ),
     ] = 0.0,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Data-parallel processes (one per GPU, or CPU processes with gloo), started "
+            "through torch's launcher; train.batch_size is the global batch."
+        ),
+    ] = 1,
 ) -> None:
-    """Train a model; writes config.yaml, model.safetensors, training state and metrics."""
-    from dgmood.config import RunConfig, apply_overrides, with_budget
+    """Train a model; writes config.yaml, model.safetensors, training state and metrics.
+
+    Examples:
+
+      dgmood train glow --preset cpu --dataset fashion-mnist --run-dir runs/glow-fm
+
+      dgmood train vae --budget 30 --set execution.precision=auto
+
+      dgmood train glow --preset paper --dataset cifar10 --nproc 8   # 8 GPUs
+
+      dgmood train --resume --run-dir runs/glow-fm
+    """
+    from dgmood.config import RunConfig, apply_overrides, replace_path, with_budget
     from dgmood.presets import run_preset
     from dgmood.runs import CONFIG_FILE, check_run_dir
-    from dgmood.training import train as train_run
+    from dgmood.training.launch import train_processes
 
     if resume:
         if run_dir is None:
@@ -219,19 +244,22 @@ def train(
         cfg = with_budget(cfg, budget, cfg.train.steps if capped else None)
     if run_dir is None:
         run_dir = Path("runs") / f"{(cfg.preset or 'run').replace('/', '-')}-{cfg.data.dataset}"
+    if device:
+        cfg = replace_path(cfg, "execution.device", device)
     try:
-        result = train_run(
+        result = train_processes(
             cfg,
             run_dir,
+            nproc=nproc,
             sources=_sources(data_dir, mirror, download),
             resume=resume,
-            device=device,
             progress=progress,
         )
     except KeyboardInterrupt:
         _report_interrupt(run_dir)
         raise typer.Exit(130) from None
-    console.print(f"trained {result.step} steps in {result.seconds:.0f} s -> {result.run_dir}")
+    took = f" in {result.seconds:.0f} s" if result.seconds else ""
+    console.print(f"trained {result.step} steps{took} -> {result.run_dir}")
 
 
 def _report_interrupt(run_dir: Path) -> None:
@@ -284,7 +312,8 @@ def _study_context_options(
     set_: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", help="Override a config value of every run, e.g. --set train.precision=auto."
+            "--set",
+            help="Override a config value of every run, e.g. --set execution.precision=auto.",
         ),
     ] = None,
     limit: Annotated[int, typer.Option(help="Cap each test set at N images (0 = all).")] = 0,
@@ -294,6 +323,9 @@ def _study_context_options(
     download: Download = False,
     device: Device = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel training processes per run (torch's launcher).")
+    ] = 1,
 ) -> StudyContextFor:
     """The options of every command that runs a study, as its context for a given out dir."""
 
@@ -311,6 +343,7 @@ def _study_context_options(
             device=device,
             resume=resume,
             progress=progress,
+            nproc=nproc,
         )
 
     return context
@@ -504,7 +537,7 @@ def reproduce(
 
     Examples:
       dgmood reproduce fashion-mnist                      # Glow, cpu preset
-      dgmood reproduce fashion-mnist --budget 10 --set train.precision=auto
+      dgmood reproduce fashion-mnist --budget 10 --set execution.precision=auto
                                                           # 10 CPU-minutes of Glow: ~3.3 bits/dim
       dgmood reproduce fashion-mnist --model vae -o iwae_k=100
       dgmood reproduce chicken -o classifier_steps=500 -o photos=[me.jpg]
@@ -640,8 +673,9 @@ def predict(
     chicken study reports the same rule.
 
     Examples:
-      dgmood predict reports/chicken/runs/classifier chicken.jpg --plot figs/
-      dgmood predict reports/chicken/runs/classifier chicken.jpg --detector reports/chicken/runs/vae
+      dgmood predict reports/chicken/runs/cnn-plain-cpu-mnist-* chicken.jpg --plot figs/
+      dgmood predict reports/chicken/runs/cnn-plain-cpu-mnist-* chicken.jpg \\
+        --detector reports/chicken/runs/vae-bernoulli-cpu-mnist-*
     """
     from dgmood.predict import predict_files, screen_files
 

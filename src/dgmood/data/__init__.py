@@ -1,4 +1,4 @@
-"""Datasets, data directories and mirrors, transforms, dequantization, user images."""
+"""Datasets, data directories and mirrors, stores, transforms, dequantization, user images."""
 
 from dgmood.data.datasets import DATASETS, ImageSet, dataset_names, load_dataset
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError

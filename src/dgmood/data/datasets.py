@@ -1,21 +1,34 @@
-"""Datasets by name, loaded with torchvision's own readers into in-memory uint8 tensors.
+"""Datasets by name, loaded with torchvision's own readers into uint8 tensors.
 
 Every dataset comes back as an :class:`ImageSet`: ``images`` uint8 ``[N, C, H, W]`` and
 ``labels`` int64 ``[N]`` (``-1`` where there are none). Files live in torchvision's layout
 under the data directory (:mod:`dgmood.data.sources`); ``download=True`` uses torchvision's
 real downloaders, and a local mirror of the raw files is used when one is configured.
 
-Names: ``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``,
-``celeba``, ``imagenet32``, and ``folder:PATH`` / a single image path for a user's own images.
+Names: ``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10`` (:mod:`dgmood.data.cifar`),
+``cifar100``, ``svhn``, ``celeba``, ``imagenet32``, ``gtsrb`` (:mod:`dgmood.data.gtsrb`), the
+synthetic ``constant`` and ``noise`` (:mod:`dgmood.data.synthetic`), and ``folder:PATH`` / a
+single image path for a user's own images. Gray sets load as 1x28x28; a colour run gets them
+as 3x32x32 through :func:`dgmood.data.transforms.match_format` (gray repeated, zero-padded).
+
+Splits: each set's own, plus for every set with a ``train`` split ``train-holdout`` (its last
+:data:`HOLDOUT_FRACTION`, e.g. CIFAR-10's last 5,000 images) and ``train-fit`` (the rest): a
+validation slice of the training split, named as such, disjoint from what ``train-fit`` trains
+on.
+
+Storage: in memory by default; a split can be kept in a memory-mapped store instead
+(:mod:`dgmood.data.store`): ``storage="memmap"`` always, ``"auto"`` (the default) where a
+store already exists or the split is larger than ``memmap_above_bytes``; ``$DGMOOD_STORAGE``
+sets the default (:func:`dgmood.data.sources.resolve_storage`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import math
 import os
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,54 +36,57 @@ import torch
 import torchvision.datasets as tvd
 from torch import Tensor
 
+from dgmood.data.cifar import load_cifar10, python_version, unverified
 from dgmood.data.errors import CorruptDatasetError, DataError, DatasetNotFoundError
+from dgmood.data.gtsrb import load_gtsrb
 from dgmood.data.imageset import ImageSet
-from dgmood.data.sources import copy_verified, resolve_data_dir, resolve_mirror, verify_md5
+from dgmood.data.registry import (
+    DATASETS,
+    DatasetSpec,
+    LoadRequest,
+    dataset_names,
+    not_found,
+    register,
+)
+from dgmood.data.sources import (
+    copy_verified,
+    resolve_data_dir,
+    resolve_mirror,
+    resolve_storage,
+    verify_md5,
+)
+from dgmood.data.store import STORE_DIR, open_store, source_fingerprint, write_store
+from dgmood.data.synthetic import SYNTHETIC_TEST_SIZE, constant_images, noise_images, synthetic
 from dgmood.data.transforms import center_crop_square
-from dgmood.io import atomic_path
+
+__all__ = ["DATASETS", "DatasetSpec", "ImageSet", "LoadRequest", "dataset_names", "load_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+HOLDOUT_FRACTION = 0.1  # the last tenth of a training split is `train-holdout`
+DERIVED_SPLITS = ("train-fit", "train-holdout")
+MEMMAP_ABOVE_BYTES = 2 << 30  # storage="auto": splits larger than this are memory-mapped
 
 
-@dataclass(frozen=True)
-class LoadRequest:
-    root: Path  # the data directory
-    split: str
-    download: bool
-    mirror: Path | None
-    verify: bool  # check official md5s
-    channels: int  # wanted channels (used only by loaders that must resize on load)
-    size: int  # wanted side (idem)
-    # folders of user images: how a smaller image reaches `size`, and the sides of images
-    # already in the in-distribution dataset's format (they take its geometry, not MNIST-ify)
-    upscale: str = "pad"
-    native_sides: tuple[int, ...] = ()
+def read_idx(data: bytes, ndim: int, source: Path) -> np.ndarray:
+    """The uint8 array of an idx file's bytes (LeCun's format: two zero bytes, type 0x08,
+    the number of dimensions, then each size as a big-endian 32-bit integer, then the data).
+    """
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:4] != bytes([0, 0, 0x08, ndim]):
+        raise CorruptDatasetError(f"{source} is not a uint8 idx file with {ndim} dimensions")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) - header != math.prod(shape):
+        raise CorruptDatasetError(
+            f"{source} holds {len(data) - header} values, not the {math.prod(shape)} of its "
+            f"header {list(shape)}; delete it and fetch it again"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    channels: int  # native channels
-    size: int  # native side in pixels (after any fixed crop of the loader)
-    splits: tuple[str, ...]
-    num_classes: int
-    how_to_get: str  # one line telling the user how to obtain the files
-    load: Callable[[LoadRequest], ImageSet]
-
-
-def _not_found(spec_name: str, where: Path) -> DatasetNotFoundError:
-    spec = DATASETS[spec_name]
-    return DatasetNotFoundError(
-        f"dataset {spec_name!r} not found under {where}. {spec.how_to_get} "
-        "The data directory is set with --data-dir or $DGMOOD_DATA; a folder of raw files "
-        f"with --mirror or $DGMOOD_MIRROR (sub-folder '{spec_name}')."
-    )
-
-
-def _gunzip(source: Path, target: Path) -> None:
+def _gunzip_bytes(source: Path) -> bytes:
     try:
-        with atomic_path(target) as tmp, gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        with gzip.open(source, "rb") as packed:
+            return packed.read()
     except (OSError, EOFError) as err:
         raise CorruptDatasetError(
             f"{source} cannot be decompressed ({err}); delete it and fetch it again"
@@ -78,80 +94,72 @@ def _gunzip(source: Path, target: Path) -> None:
 
 
 def _mnist_like(name: str, cls: type[tvd.MNIST]) -> Callable[[LoadRequest], ImageSet]:
-    def load(req: LoadRequest) -> ImageSet:
-        if req.split not in ("train", "test"):
-            raise ValueError(f"{name} has splits train and test, not {req.split!r}")
+    """A loader reading only the md5-checked ``.gz`` idx files, decompressed in memory.
+
+    torchvision's ``MNIST`` class is not used to read: it prefers ``processed/*.pt`` caches
+    (unverified, and pickles) over the raw files when both exist. Extracted idx files beside
+    the ``.gz`` files are not read either: no official md5 covers them (with
+    ``verify=False`` they are read when the ``.gz`` is absent).
+    """
+
+    def raw_bytes(req: LoadRequest, filename: str, md5: str) -> tuple[bytes, Path]:
         raw = req.root / cls.__name__ / "raw"
-        for filename, md5 in cls.resources:
-            extracted = raw / filename.removesuffix(".gz")
-            if extracted.exists():
-                continue
-            packed = raw / filename
-            if not packed.exists() and req.mirror is not None:
-                mirrored = req.mirror / name / filename
-                if mirrored.exists():
-                    copy_verified(mirrored, packed, md5 if req.verify else None)
-            if not packed.exists() and req.download:
-                cls(str(req.root), train=True, download=True)  # fetches and checks all files
-                continue
-            if not packed.exists():
-                raise _not_found(name, raw)
-            if req.verify:
+        packed = raw / filename
+        checked = False
+        if not packed.exists() and req.mirror is not None:
+            mirrored = req.mirror / name / filename
+            if mirrored.exists():
+                copy_verified(mirrored, packed, md5 if req.verify else None)
+                checked = True
+        if not packed.exists() and req.download:
+            from torchvision.datasets.utils import download_url
+
+            failures = []
+            for url_base in cls.mirrors:  # torchvision's mirrors; it checks the md5
+                try:
+                    download_url(f"{url_base}{filename}", str(raw), filename, md5)
+                    checked = True
+                    break
+                except Exception as err:  # any failure of one mirror: try the next
+                    failures.append(f"{url_base}: {err}")
+            else:
+                raise DataError(f"cannot download {filename}: " + "; ".join(failures))
+        if packed.exists():
+            if req.verify and not checked:
                 verify_md5(packed, md5)
-            _gunzip(packed, extracted)
-        try:
-            dataset = cls(str(req.root), train=req.split == "train", download=False)
-        except (RuntimeError, ValueError, AssertionError, OSError) as err:
-            raise CorruptDatasetError(f"cannot read {name} from {raw}: {err}") from err
-        images = dataset.data.unsqueeze(1).contiguous()
-        return ImageSet(name, req.split, images, dataset.targets.to(torch.int64))
+            return _gunzip_bytes(packed), packed
+        extracted = raw / filename.removesuffix(".gz")
+        if extracted.exists() and not req.verify:
+            return extracted.read_bytes(), extracted
+        if extracted.exists():
+            raise DatasetNotFoundError(
+                f"{packed} is missing: dgmood reads only files an official md5 covers, and "
+                f"that is the .gz, not the extracted {extracted.name}. Put the .gz there "
+                "(or run with --download)."
+            )
+        raise not_found(name, raw)
 
-    return load
-
-
-def _unverified(cls: type, **overrides: object) -> type:
-    """The torchvision class with its md5 table blanked; we verify (or not) beforehand."""
-    return type(f"Unverified{cls.__name__}", (cls,), overrides)
-
-
-def _extract_from_mirror(req: LoadRequest, name: str, archive: str, md5: str | None) -> bool:
-    if req.mirror is None or not (req.mirror / name / archive).exists():
-        return False
-    from torchvision.datasets.utils import extract_archive
-
-    target = req.root / archive
-    copy_verified(req.mirror / name / archive, target, md5 if req.verify else None)
-    extract_archive(str(target), str(req.root))
-    return True
-
-
-def _cifar(name: str, cls: type[tvd.CIFAR10]) -> Callable[[LoadRequest], ImageSet]:
     def load(req: LoadRequest) -> ImageSet:
         if req.split not in ("train", "test"):
             raise ValueError(f"{name} has splits train and test, not {req.split!r}")
-        folder = req.root / cls.base_folder
-        files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
-        if not folder.exists():
-            if not _extract_from_mirror(req, name, cls.filename, cls.tgz_md5) and req.download:
-                cls(str(req.root), train=True, download=True)
-        for filename, md5 in files:
-            path = folder / filename
-            if not path.exists():
-                raise _not_found(name, folder)
-            if req.verify:
-                verify_md5(path, md5)
-        reader = _unverified(
-            cls,
-            train_list=[[f, None] for f, _ in cls.train_list],
-            test_list=[[f, None] for f, _ in cls.test_list],
-            meta={**cls.meta, "md5": None},
+        prefix = "train" if req.split == "train" else "t10k"
+        md5s = dict(cls.resources)
+        arrays = []
+        for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
+            filename = f"{prefix}-{kind}-ubyte.gz"
+            data, path = raw_bytes(req, filename, md5s[filename])
+            arrays.append(read_idx(data, ndim, path))
+        images, labels = arrays
+        if len(images) != len(labels):
+            raise CorruptDatasetError(
+                f"{name} {req.split}: {len(images)} images but {len(labels)} labels"
+            )
+        return ImageSet(
+            name,
+            req.split,
+            torch.from_numpy(images.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
         )
-        try:
-            dataset = reader(str(req.root), train=req.split == "train", download=False)
-        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as err:
-            raise CorruptDatasetError(f"cannot read {name} from {folder}: {err}") from err
-        images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))
-        return ImageSet(name, req.split, images, torch.as_tensor(dataset.targets))
 
     return load
 
@@ -168,10 +176,10 @@ def _load_svhn(req: LoadRequest) -> ImageSet:
     if not path.exists() and req.download:
         cls(str(root), split=req.split, download=True)
     if not path.exists():
-        raise _not_found("svhn", root)
+        raise not_found("svhn", root)
     if req.verify:
         verify_md5(path, md5)
-    reader = _unverified(
+    reader = unverified(
         cls, split_list={k: [url, fn, None] for k, (url, fn, _) in cls.split_list.items()}
     )
     try:
@@ -182,13 +190,7 @@ def _load_svhn(req: LoadRequest) -> ImageSet:
     return ImageSet("svhn", req.split, images, torch.as_tensor(dataset.labels, dtype=torch.int64))
 
 
-def _load_imagenet32(req: LoadRequest) -> ImageSet:
-    """Downsampled ImageNet 32x32 (Chrabaszcz et al. 2017), the official npz release.
-
-    ``<data dir>/imagenet32/`` holds ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz``
-    and ``val_data.npz``; each has ``data`` uint8 ``[N, 3072]`` (R plane, G plane, B plane)
-    and 1-based ``labels``.
-    """
+def _imagenet32_files(req: LoadRequest) -> list[Path]:
     folder = req.root / "imagenet32"
     if req.split == "train":
         files = sorted(
@@ -199,20 +201,54 @@ def _load_imagenet32(req: LoadRequest) -> ImageSet:
     else:
         raise ValueError(f"imagenet32 has splits train and val (alias test), not {req.split!r}")
     if not files:
-        raise _not_found("imagenet32", folder)
-    images, labels = [], []
-    for file in files:
+        raise not_found("imagenet32", folder)
+    return files
+
+
+def _stream_imagenet32(req: LoadRequest) -> tuple[int, Iterator[ImageSet]]:
+    """Downsampled ImageNet 32x32 (Chrabaszcz et al. 2017), the official npz release, one
+    file at a time: the number of images (read from the labels alone), then the files' sets.
+
+    ``<data dir>/imagenet32/`` holds ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz``
+    and ``val_data.npz``; each has ``data`` uint8 ``[N, 3072]`` (R plane, G plane, B plane)
+    and 1-based ``labels``. The training split (1.28 M images, 3.9 GB) need never be in
+    memory at once: with ``storage="auto"`` it is written to a memory-mapped store file by
+    file (:mod:`dgmood.data.store`).
+    """
+    files = _imagenet32_files(req)
+
+    def read(file: Path, key: str) -> np.ndarray:
         try:
-            with np.load(file) as batch:
-                images.append(batch["data"].reshape(-1, 3, 32, 32))
-                labels.append(np.asarray(batch["labels"], dtype=np.int64) - 1)
+            with np.load(file, allow_pickle=False) as batch:
+                return np.asarray(batch[key])
         except (OSError, KeyError, ValueError) as err:
             raise CorruptDatasetError(f"cannot read {file}: {err}") from err
-    return ImageSet(
-        "imagenet32",
-        req.split,
-        torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
-        torch.from_numpy(np.concatenate(labels)),
+
+    count = sum(len(read(file, "labels")) for file in files)
+
+    def parts() -> Iterator[ImageSet]:
+        for file in files:
+            data, labels = read(file, "data"), read(file, "labels")
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise CorruptDatasetError(
+                    f"{file}: data is {data.dtype} {list(data.shape)}, not uint8 [N, 3072]"
+                )
+            yield ImageSet(
+                "imagenet32",
+                req.split,
+                torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32)),
+                torch.from_numpy(labels.astype(np.int64) - 1),
+            )
+
+    return count, parts()
+
+
+def _load_imagenet32(req: LoadRequest) -> ImageSet:
+    """Downsampled ImageNet 32x32 in memory (:func:`_stream_imagenet32`)."""
+    _, parts = _stream_imagenet32(req)
+    pieces = list(parts)
+    return pieces[0].with_images(
+        torch.cat([p.images for p in pieces]), torch.cat([p.labels for p in pieces])
     )
 
 
@@ -220,6 +256,11 @@ CELEBA_CROP = 148  # centre crop of the 178x218 aligned faces before resizing
 
 
 def _load_celeba(req: LoadRequest) -> ImageSet:
+    """CelebA's aligned faces, centre-cropped to 148x148 and resized to ``req.size``.
+
+    Decoding 202,599 JPEGs takes minutes, so the decoded split is always kept in a store
+    (:mod:`dgmood.data.store`; registered with ``always_stored``) and read from it after.
+    """
     from PIL import Image
 
     cls = tvd.CelebA
@@ -227,23 +268,18 @@ def _load_celeba(req: LoadRequest) -> ImageSet:
     if req.split not in splits:
         raise ValueError(f"celeba has splits train, valid, test, all; not {req.split!r}")
     folder = req.root / cls.base_folder
-    cache = folder / f"dgmood-{splits[req.split]}-{req.size}px.npz"
-    if cache.exists():
-        with np.load(cache) as stored:
-            images, labels = torch.from_numpy(stored["images"]), torch.from_numpy(stored["labels"])
-        return ImageSet("celeba", req.split, images, labels)
     if not folder.exists() and req.download:
         cls(str(req.root), split="all", download=True)
     for _, md5, filename in cls.file_list:
         if filename.endswith(".zip"):
             continue
         if not (folder / filename).exists():
-            raise _not_found("celeba", folder)
+            raise not_found("celeba", folder)
         if req.verify:
             verify_md5(folder / filename, md5)
     if not (folder / "img_align_celeba").is_dir():
-        raise _not_found("celeba", folder / "img_align_celeba")
-    reader = _unverified(cls, file_list=[(i, None, f) for i, _, f in cls.file_list])
+        raise not_found("celeba", folder / "img_align_celeba")
+    reader = unverified(cls, file_list=[(i, None, f) for i, _, f in cls.file_list])
     try:
         dataset = reader(str(req.root), split=splits[req.split], target_type="identity")
     except (RuntimeError, ValueError, KeyError, OSError) as err:
@@ -254,11 +290,8 @@ def _load_celeba(req: LoadRequest) -> ImageSet:
             face = center_crop_square(photo.convert("RGB"), CELEBA_CROP)
             face = face.resize((req.size, req.size), Image.Resampling.BICUBIC)
             out[i] = np.asarray(face).transpose(2, 0, 1)
-    labels = dataset.identity[:, 0].to(torch.int64).numpy()
-    # a file object, not a name: np.savez would append ".npz" to the temporary name
-    with atomic_path(cache) as tmp, open(tmp, "wb") as stream:
-        np.savez(stream, images=out, labels=labels)
-    return ImageSet("celeba", req.split, torch.from_numpy(out), torch.from_numpy(labels))
+    labels = dataset.identity[:, 0].to(torch.int64)
+    return ImageSet("celeba", req.split, torch.from_numpy(out), labels)
 
 
 def load_user_images(
@@ -298,18 +331,15 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
     return ImageSet(f"folder:{path}", req.split, images, torch.full((len(files),), -1))
 
 
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def _register(spec: DatasetSpec) -> None:
-    DATASETS[spec.name] = spec
-
-
 _MNIST_HINT = "Run with --download, or put the four official .gz files in a mirror folder."
-_register(
-    DatasetSpec("mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT, _mnist_like("mnist", tvd.MNIST))
-)
-_register(
+_GRAY_NOTE = "gray 1x28x28; colour runs get it as 3x32x32 (gray repeated, zero-padded)"
+register(
+    DatasetSpec(
+        "mnist", 1, 28, ("train", "test"), 10, _MNIST_HINT, _mnist_like("mnist", tvd.MNIST),
+        notes=_GRAY_NOTE, folders=("MNIST/raw",),
+    )
+)  # fmt: skip
+register(
     DatasetSpec(
         "fashion-mnist",
         1,
@@ -318,26 +348,32 @@ _register(
         10,
         _MNIST_HINT,
         _mnist_like("fashion-mnist", tvd.FashionMNIST),
+        notes=_GRAY_NOTE,
+        folders=("FashionMNIST/raw",),
     )
 )
-_register(
+register(
     DatasetSpec(
-        "kmnist", 1, 28, ("train", "test"), 10, _MNIST_HINT, _mnist_like("kmnist", tvd.KMNIST)
+        "kmnist", 1, 28, ("train", "test"), 10, _MNIST_HINT, _mnist_like("kmnist", tvd.KMNIST),
+        notes=_GRAY_NOTE, folders=("KMNIST/raw",),
     )
-)
-_register(
+)  # fmt: skip
+register(
     DatasetSpec(
         "cifar10",
         3,
         32,
         ("train", "test"),
         10,
-        "Run with --download, or extract cifar-10-python.tar.gz into the data "
-        "directory (folder cifar-10-batches-py).",
-        _cifar("cifar10", tvd.CIFAR10),
+        "Run with --download, or extract cifar-10-python.tar.gz or cifar-10-binary.tar.gz "
+        "into the data directory (folder cifar-10-batches-py or cifar-10-batches-bin).",
+        load_cifar10,
+        notes="python or binary version; where only test_batch_first1000.bin exists, test is "
+        'those 1,000 images, labelled "CIFAR-10 test (first 1,000)"',
+        folders=("cifar-10-batches-py", "cifar-10-batches-bin"),
     )
 )
-_register(
+register(
     DatasetSpec(
         "cifar100",
         3,
@@ -346,10 +382,11 @@ _register(
         100,
         "Run with --download, or extract cifar-100-python.tar.gz into the data "
         "directory (folder cifar-100-python).",
-        _cifar("cifar100", tvd.CIFAR100),
+        python_version("cifar100", tvd.CIFAR100),
+        folders=("cifar-100-python",),
     )
 )
-_register(
+register(
     DatasetSpec(
         "svhn",
         3,
@@ -358,9 +395,10 @@ _register(
         10,
         "Run with --download, or put train_32x32.mat / test_32x32.mat in <data dir>/svhn.",
         _load_svhn,
+        folders=("svhn",),
     )
 )
-_register(
+register(
     DatasetSpec(
         "imagenet32",
         3,
@@ -370,9 +408,12 @@ _register(
         "Download the 32x32 npz release of downsampled ImageNet from image-net.org (login "
         "needed; no automatic download) and unpack it into <data dir>/imagenet32.",
         _load_imagenet32,
+        notes="test is an alias of val; train (3.9 GB) is memory-mapped by default",
+        folders=("imagenet32",),
+        stream=_stream_imagenet32,
     )
 )
-_register(
+register(
     DatasetSpec(
         "celeba",
         3,
@@ -383,12 +424,105 @@ _register(
         "img_align_celeba/ and the six list_*.txt/identity files in "
         "<data dir>/celeba.",
         _load_celeba,
+        notes="148x148 centre crop, resized to the run's size; decoded once into a store",
+        folders=("celeba", "celeba/img_align_celeba"),
+        sized_by_request=True,
+        always_stored=True,
     )
 )
+register(
+    DatasetSpec(
+        "gtsrb",
+        3,
+        32,
+        ("test",),
+        43,
+        "Run with --download, or put GT-final_test.csv and GTSRB/Final_Test/Images/ in "
+        "<data dir>/gtsrb (torchvision's layout).",
+        load_gtsrb,
+        notes="traffic signs, 12,630 test images resized whole to 32x32; decoded once into a store",
+        folders=("gtsrb", "gtsrb/GTSRB/Final_Test/Images"),
+        always_stored=True,
+    )
+)
+for _name, _make, _what in (
+    ("constant", constant_images, "one random colour per image (Serra et al. 2020)"),
+    ("noise", noise_images, "uniform random levels per sub-pixel (Serra et al. 2020)"),
+):
+    register(
+        DatasetSpec(
+            _name,
+            3,
+            32,
+            ("test",),
+            0,
+            "Generated on the fly; nothing to get.",
+            synthetic(_name, _make),
+            notes=f"{_what}; {SYNTHETIC_TEST_SIZE:,} seeded images at the run's channels and size",
+            storable=False,
+        )
+    )
 
 
-def dataset_names() -> list[str]:
-    return sorted(DATASETS)
+def split_parts(split: str) -> tuple[str, str]:
+    """``"train-holdout"`` -> ``("train", "holdout")``; a plain split -> ``(split, "")``."""
+    if split in DERIVED_SPLITS:
+        base, part = split.split("-")
+        return base, part
+    return split, ""
+
+
+def holdout_size(n_train: int) -> int:
+    """Images in ``train-holdout``: the last :data:`HOLDOUT_FRACTION` of the training split."""
+    return int(n_train * HOLDOUT_FRACTION)
+
+
+def _take_part(imageset: ImageSet, split: str, part: str) -> ImageSet:
+    if not part:
+        return imageset
+    n_fit = len(imageset) - holdout_size(len(imageset))
+    rows = slice(n_fit, None) if part == "holdout" else slice(0, n_fit)
+    return dataclasses.replace(
+        imageset.with_images(imageset.images[rows], imageset.labels[rows]), split=split
+    )
+
+
+def _store_folder(spec: DatasetSpec, req: LoadRequest) -> Path:
+    suffix = f"-{req.size}px" if spec.sized_by_request else ""
+    return req.root / STORE_DIR / spec.name / f"{req.split}{suffix}"
+
+
+def _fingerprint(spec: DatasetSpec, req: LoadRequest) -> str:
+    folders = [req.root / folder for folder in spec.folders]
+    if req.mirror is not None:
+        folders.append(req.mirror / spec.name)
+    return source_fingerprint(folders)
+
+
+def _load_split(spec: DatasetSpec, req: LoadRequest, storage: str, memmap_above: int) -> ImageSet:
+    """One split of ``spec`` in memory or memory-mapped, as ``storage`` says (module doc)."""
+    if not spec.storable or (storage == "memory" and not spec.always_stored):
+        return spec.load(req)
+    folder = _store_folder(spec, req)
+    stored = open_store(folder, _fingerprint(spec, req), verify=req.verify)
+    if stored is None:
+        keep = storage == "memmap" or spec.always_stored
+        if spec.stream is not None:
+            count, parts = spec.stream(req)
+            if keep or count * spec.channels * spec.size**2 > memmap_above:
+                write_store(folder, parts, count, _fingerprint(spec, req))
+            else:
+                return spec.load(req)
+        else:
+            fresh = spec.load(req)
+            if not keep and fresh.images.nbytes <= memmap_above:
+                return fresh
+            write_store(folder, [fresh], len(fresh), _fingerprint(spec, req))
+        stored = open_store(folder, verify=False)
+        assert stored is not None, folder
+    if storage == "memory":
+        return stored.with_images(stored.images.clone(), stored.labels.clone())
+    return stored
 
 
 def load_dataset(
@@ -401,13 +535,18 @@ def load_dataset(
     verify: bool = True,
     channels: int = 1,
     size: int = 32,
+    storage: str | None = None,
+    memmap_above_bytes: int = MEMMAP_ABOVE_BYTES,
     upscale: str = "pad",
     native_sides: tuple[int, ...] = (),
 ) -> ImageSet:
     """Load one split of a dataset as uint8 ``[N, C, H, W]`` at its native size.
 
-    ``channels``/``size`` only matter for loaders that must resize on load (``celeba``,
-    ``folder:PATH``); use :func:`dgmood.data.transforms.match_format` to make sets comparable.
+    ``channels``/``size`` only matter for loaders that make or resize images on load
+    (``celeba``, ``constant``, ``noise``, ``folder:PATH``); use
+    :func:`dgmood.data.transforms.match_format` to make sets comparable. ``split`` may be
+    ``train-fit`` or ``train-holdout`` (module doc). ``storage``: ``"memory"``, ``"memmap"``
+    or ``"auto"`` (default: ``$DGMOOD_STORAGE``, else ``"auto"``); see the module doc.
     ``upscale``/``native_sides`` only matter for ``folder:PATH`` (see :func:`load_user_images`).
     """
     req = LoadRequest(
@@ -428,5 +567,12 @@ def load_dataset(
         if as_path.exists():
             return _load_folder(as_path, req)
         raise DataError(f"unknown dataset {name!r}; known: {dataset_names()} or folder:PATH")
+    spec = DATASETS[name]
+    base, part = split_parts(split)
+    if part and "train" not in spec.splits:
+        raise ValueError(f"{name} has no train split, so no {split!r}; splits: {spec.splits}")
     req.root.mkdir(parents=True, exist_ok=True)
-    return DATASETS[name].load(req)
+    imageset = _load_split(
+        spec, dataclasses.replace(req, split=base), resolve_storage(storage), memmap_above_bytes
+    )
+    return _take_part(imageset, split, part)

@@ -1,7 +1,8 @@
-"""The in-memory image set every loader returns and every transform takes."""
+"""The image set every loader returns and every transform takes."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -10,12 +11,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class ImageSet:
-    """A split of a dataset, fully in memory."""
+    """A split of a dataset: uint8 images in memory, or memory-mapped from a store
+    (:mod:`dgmood.data.store`); either way a tensor that batches index alike."""
 
     name: str  # registry name, e.g. "fashion-mnist"
     split: str  # "train", "test", ...
     images: Tensor  # uint8 [N, C, H, W]
     labels: Tensor  # int64 [N]; -1 where unlabeled
+    title: str = ""  # how tables name the set; "" = "<name>-<split>"
+    # only the first len(self) images of the split are here (the rest could not be
+    # obtained); the label says so, e.g. "CIFAR-10 test (first 1,000)"
+    partial: bool = False
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -31,10 +37,18 @@ class ImageSet:
 
     @property
     def label(self) -> str:
-        return f"{self.name}-{self.split}"
+        """The set's name in tables and reports; a partial split names its size."""
+        base = self.title or f"{self.name}-{self.split}"
+        return f"{base} (first {len(self):,})" if self.partial else base
 
     def head(self, n: int) -> ImageSet:
         """The first ``n`` images (all if ``n`` <= 0)."""
         if n <= 0 or n >= len(self):
             return self
-        return ImageSet(self.name, self.split, self.images[:n], self.labels[:n])
+        return self.with_images(self.images[:n], self.labels[:n])
+
+    def with_images(self, images: Tensor, labels: Tensor | None = None) -> ImageSet:
+        """The same set (name, split, title) holding ``images`` (and ``labels``)."""
+        return dataclasses.replace(
+            self, images=images, labels=self.labels if labels is None else labels
+        )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dgmood.config import DataConfig
-from dgmood.data.datasets import DATASETS, ImageSet, load_dataset
+from dgmood.data.datasets import DATASETS, MEMMAP_ABOVE_BYTES, ImageSet, load_dataset
 from dgmood.data.images import PreparedImage, prepare_files
 from dgmood.data.transforms import match_format
 
@@ -19,9 +19,24 @@ class DataSources:
     data_dir: str | None = None
     mirror: str | None = None
     download: bool = False
+    # "auto", "memory" or "memmap" (None: $DGMOOD_STORAGE, else "auto"); how splits are held
+    # (dgmood.data.datasets), never which images: not part of a run's identity
+    storage: str | None = None
+    memmap_above_bytes: int = MEMMAP_ABOVE_BYTES  # "auto": memory-map splits larger than this
 
     def load_like(self, name: str, split: str, data: DataConfig) -> ImageSet:
-        """Load ``name``/``split`` in the format (channels, size, upscaling) of ``data``."""
+        """Load ``name``/``split`` in the format (channels, size, upscaling) of ``data``.
+
+        A run's validation split ``train-holdout`` needs ``train_split=train-fit``: with
+        ``train`` the run would validate on images it trains on.
+        """
+        if (name, split) == (data.dataset, data.val_split) and split == "train-holdout":
+            if data.train_split != "train-fit":
+                raise ValueError(
+                    "data.val_split=train-holdout holds the last tenth of the training split, "
+                    f"which data.train_split={data.train_split} trains on too; set "
+                    "data.train_split=train-fit (the other nine tenths)"
+                )
         raw = load_dataset(
             name,
             split,
@@ -30,6 +45,8 @@ class DataSources:
             mirror=self.mirror,
             channels=data.channels,
             size=data.image_size,
+            storage=self.storage,
+            memmap_above_bytes=self.memmap_above_bytes,
             upscale=data.upscale,
             native_sides=native_sides(data),
         )

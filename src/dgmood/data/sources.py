@@ -8,6 +8,10 @@ A *mirror* is a folder with one sub-folder per dataset holding the original raw 
 (for MNIST-style sets: the four ``*.gz`` idx files), e.g. a lab's shared copy. It is given by
 ``mirror`` (``--mirror``) or ``DGMOOD_MIRROR``. Files are copied from it into the data
 directory only after their md5 matches the official one.
+
+*Storage* (``storage`` / ``DGMOOD_STORAGE``: ``auto``, ``memory`` or ``memmap``) says
+whether a split is loaded into memory or kept in a memory-mapped store inside the data
+directory (:mod:`dgmood.data.store`); it changes how data is held, never which images.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dgmood.io import atomic_path
 
 DATA_ENV = "DGMOOD_DATA"
 MIRROR_ENV = "DGMOOD_MIRROR"
+STORAGE_ENV = "DGMOOD_STORAGE"
+STORAGES = ("auto", "memory", "memmap")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -40,6 +46,19 @@ def resolve_mirror(mirror: str | os.PathLike[str] | None = None) -> Path | None:
         return Path(mirror).expanduser()
     env = os.environ.get(MIRROR_ENV)
     return Path(env).expanduser() if env else None
+
+
+def resolve_storage(storage: str | None = None) -> str:
+    """How splits are held: argument, else $DGMOOD_STORAGE, else "auto".
+
+    ``memory``: loaded into RAM; ``memmap``: kept in a memory-mapped store
+    (:mod:`dgmood.data.store`); ``auto``: a store where one exists or the split is large.
+    """
+    value = storage if storage is not None else os.environ.get(STORAGE_ENV) or "auto"
+    if value not in STORAGES:
+        where = "storage" if storage is not None else f"${STORAGE_ENV}"
+        raise ValueError(f"{where} must be one of {', '.join(STORAGES)}, not {value!r}")
+    return value
 
 
 def md5sum(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -82,4 +82,4 @@ def to_size(images: Tensor, size: int, upscale: str = "pad") -> Tensor:
 def match_format(imageset: ImageSet, channels: int, size: int, upscale: str = "pad") -> ImageSet:
     """``imageset`` with ``channels`` channels at ``size`` x ``size`` pixels."""
     images = to_size(to_channels(imageset.images, channels), size, upscale)
-    return ImageSet(imageset.name, imageset.split, images, imageset.labels)
+    return imageset if images is imageset.images else imageset.with_images(images)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dgmood.config import DataConfig, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -76,24 +80,14 @@ class DensityModel(nn.Module, ABC):
     """
 
     input_spec: InputSpec
-    # True when log_prob_terms draws random numbers (a VAE's sampled ELBO): scoring then
-    # gives each image its own seeded generator (seeded_log_prob_terms), so that an image's
-    # score depends neither on the batch nor on its position among the inputs
-    stochastic_log_prob: ClassVar[bool] = False
+    # the family this model was built as and what its config lets it do (both set by
+    # dgmood.models.registry.build_model): asked instead of the model's class
+    family_spec: FamilySpec | None = None
+    capabilities: frozenset[Capability] = frozenset()
 
     @abstractmethod
     def log_prob_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Per-sample log density of ``x`` (continuous input scale) and its breakdown."""
-
-    def seeded_log_prob_terms(
-        self, x: Tensor, generators: Sequence[torch.Generator], iwae_k: int = 0
-    ) -> dict[str, Tensor]:
-        """:meth:`log_prob_terms` with image ``b``'s random draws from ``generators[b]``
-        alone (``iwae_k > 0``: also ``"iwae_log_prob"``). Models with ``stochastic_log_prob``
-        override it; the others draw nothing."""
-        if iwae_k > 0:
-            raise ValueError(f"{type(self).__name__} has no importance-weighted bound (IWAE)")
-        return self.log_prob_terms(x)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Per-sample log density (or log mass, for discrete models) of ``x``."""
@@ -120,6 +114,8 @@ class Classifier(nn.Module, ABC):
 
     input_spec: InputSpec
     num_classes: int
+    family_spec: FamilySpec | None = None  # set by dgmood.models.registry.build_model
+    capabilities: frozenset[Capability] = frozenset()
 
     @abstractmethod
     def features(self, x: Tensor) -> Tensor:
@@ -137,3 +133,90 @@ class Classifier(nn.Module, ABC):
         loss = nn.functional.cross_entropy(logits, y)
         accuracy = (logits.argmax(-1) == y).float()
         return loss, {"accuracy": accuracy}
+
+
+# --- model families -----------------------------------------------------------------------
+
+
+class Capability(StrEnum):
+    """What a family's models can do beyond the contract of their kind.
+
+    Training, inference, scores and studies ask a family's :class:`FamilySpec` for these,
+    never the model's class; a method a capability promises is named beside it.
+    """
+
+    EXACT_LIKELIHOOD = "exact-likelihood"  # log_prob is log p(x) itself (flows, PixelCNN++)
+    LIKELIHOOD_BOUND = "likelihood-bound"  # log_prob is a lower bound (a VAE's or diffusion ELBO)
+    # log_prob draws random numbers: seeded_log_prob_terms(x, generators) takes them per image
+    STOCHASTIC_LOG_PROB = "stochastic-log-prob"
+    IWAE = "iwae"  # iwae_log_prob(x, k): the importance-weighted bound (Burda et al. 2016)
+    LATENT_POSTERIOR = "latent-posterior"  # an amortised q(z|x) to refit per image (VAE)
+    RECONSTRUCTION = "reconstruction"  # reconstruct(x): x through the model and back
+    LOG_DET_DECOMPOSITION = "log-det-decomposition"  # terms log_pz + log_abs_det_jacobian
+    MULTISCALE_FLOW = "multiscale-flow"  # a MultiscaleFlow: its layers can be inspected
+    CONSTANT_VOLUME = "constant-volume"  # log|det J| does not depend on x (CV-Glow)
+    MEMORY_LIGHT = "memory-light"  # set_memory_light(True): recompute activations in backward
+    BF16_SAFE = "bf16-safe"  # bf16 autocast checked against fp32 (docs/RESULTS.md, Speed)
+    SAMPLING = "sampling"  # sample(n) draws images on the continuous input scale
+    DENOISER = "denoiser"  # a diffusion model's noise levels and denoiser, for its scores
+
+
+# the methods that capabilities promise, for code that has asked the spec first
+class MemoryLight(Protocol):
+    """:attr:`Capability.MEMORY_LIGHT`."""
+
+    def set_memory_light(self, enabled: bool) -> None: ...
+
+
+class ImportanceWeighted(Protocol):
+    """:attr:`Capability.IWAE`."""
+
+    def iwae_log_prob(self, x: Tensor, k: int) -> Tensor: ...
+
+
+class SeededLogProb(Protocol):
+    """:attr:`Capability.STOCHASTIC_LOG_PROB`: ``log_prob_terms`` (with ``iwae_k > 0`` also
+    ``"iwae_log_prob"``) with image ``b``'s random draws from ``generators[b]`` alone, so an
+    image's score depends neither on the batch nor on its position among the inputs."""
+
+    def seeded_log_prob_terms(
+        self, x: Tensor, generators: Sequence[torch.Generator], iwae_k: int = 0
+    ) -> dict[str, Tensor]: ...
+
+
+class Reconstructs(Protocol):
+    """:attr:`Capability.RECONSTRUCTION`: ``x`` on the input scale back, as [0, 1] floats."""
+
+    def reconstruct(self, x: Tensor) -> Tensor: ...
+
+
+ModelKind = Literal["density", "classifier"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One model family, registered once from its own module.
+
+    ``dgmood.models.registry.register_family(FamilySpec(...))`` makes the family trainable by
+    name (``dgmood train NAME``), loadable from a stored config, and visible to every score
+    and study that asks for its kind and capabilities.
+    """
+
+    name: str  # registry name, equal to ``config.family`` (e.g. "glow")
+    config: type[ModelConfig]  # the family's frozen config dataclass
+    build: Callable[[Any, DataConfig], nn.Module]  # (config, data) -> the network
+    kind: ModelKind  # "density" (a DensityModel) or "classifier" (a Classifier)
+    presets: Mapping[str, ModelConfig]  # at least "tiny" and "cpu"; "paper" where published
+    capabilities: frozenset[Capability] = frozenset()
+    # capabilities that depend on the config (e.g. additive couplings make a Glow CV-Glow)
+    config_capabilities: Callable[[Any], frozenset[Capability]] | None = None
+    # per train preset, TrainConfig fields that differ for this family ("cpu": {"steps": 1500})
+    train_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # named architecture variants on top of any size preset: alias -> config field overrides
+    aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    description: str = ""  # one line for `dgmood models`
+
+    def capabilities_of(self, config: ModelConfig) -> frozenset[Capability]:
+        """The capabilities of this family's model built from ``config``."""
+        extra = self.config_capabilities(config) if self.config_capabilities else frozenset()
+        return self.capabilities | extra

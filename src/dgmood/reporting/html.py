@@ -45,9 +45,9 @@ def _environment() -> jinja2.Environment:
 
 
 def _version() -> str:
-    import dgmood
+    from dgmood._version import __version__
 
-    return str(dgmood.__version__)
+    return str(__version__)
 
 
 def _is_numeric_column(table: Table, index: int) -> bool:

@@ -34,7 +34,7 @@ class RunSummary:
     steps: int | None  # train.steps of the config
     last_val: dict[str, float]  # the last validation record of metrics.jsonl (val_* keys)
     note: str = ""  # why a run is unreadable
-    budget_minutes: float = 0.0  # train.budget_minutes of the config (0 = none)
+    budget_minutes: float = 0.0  # execution.budget_minutes of the config (0 = none)
 
     @property
     def progress(self) -> str:
@@ -89,7 +89,12 @@ def summarize_run(run_dir: Path) -> RunSummary:
         dataset = str(config.get("data", {}).get("dataset", "?"))
         steps = config.get("train", {}).get("steps")
         steps = int(steps) if steps is not None else None
-        budget = float(config.get("train", {}).get("budget_minutes") or 0.0)
+        # execution.budget_minutes; configs of older versions kept it in train
+        budget = float(
+            config.get("execution", {}).get("budget_minutes")
+            or config.get("train", {}).get("budget_minutes")
+            or 0.0
+        )
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as error:
         return RunSummary(run_dir, UNREADABLE, "?", "?", None, None, {}, f"config: {error}")
     weights = run_dir / MODEL_FILE

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from dgmood.config import RunConfig
+from dgmood.models.base import Capability, ModelKind
 from dgmood.runs import LoadedRun
 
-ModelKind = Literal["density", "classifier"]
 FitData = Literal["train", "held_out"]
 Stats = Mapping[str, np.ndarray]
 
@@ -106,6 +106,8 @@ class Score(ABC):
     # which in-distribution data `fit` sees: "train" (images the model trained on) or
     # "held_out" (images it never saw: what a typical-set estimate must come from)
     fits_on: ClassVar[FitData] = "train"
+    # what the main run's model family must be able to do (its FamilySpec's capabilities)
+    requires: ClassVar[frozenset[Capability]] = frozenset()
 
     def aux_runs(self, config: RunConfig) -> dict[str, RunConfig]:
         """Auxiliary runs this score needs, as configs derived from the main run's config."""
@@ -121,11 +123,9 @@ class Score(ABC):
         """One float64 score per image, higher = more likely OOD."""
 
     def applies_to(self, run: LoadedRun) -> bool:
-        """Whether this score can be computed with ``run`` as the main run."""
-        from dgmood.models.base import Classifier, DensityModel
-
-        kind = DensityModel if self.model_kind == "density" else Classifier
-        return isinstance(run.model, kind)
+        """Whether this score can be computed with ``run`` as the main run: a model of its
+        kind whose family has every capability it :attr:`requires`."""
+        return run.spec.kind == self.model_kind and self.requires <= run.capabilities
 
     @classmethod
     def summary(cls) -> str:

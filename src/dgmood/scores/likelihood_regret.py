@@ -6,7 +6,7 @@ Variational Auto-encoder", NeurIPS 2020.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from dgmood.inference import image_seeds
+from dgmood.models.base import Capability
 from dgmood.models.latent.posteriors import Generators, LatentPosterior, standard_normal_noise
 from dgmood.models.latent.vae import VAE
 from dgmood.runs import LoadedRun
@@ -90,10 +91,9 @@ def likelihood_regret(
 
 
 def _vae_of(run: LoadedRun) -> VAE:
-    model = run.density_model()
-    if not isinstance(model, VAE):
-        raise ValueError(f"likelihood regret needs a VAE run, got {type(model).__name__}")
-    return model
+    if Capability.LATENT_POSTERIOR not in run.capabilities:
+        raise ValueError(f"likelihood regret needs a VAE run, got {run.spec.name}")
+    return cast(VAE, run.density_model())
 
 
 @register_score
@@ -107,6 +107,7 @@ class LikelihoodRegret(Score):
 
     name = "likelihood-regret"
     uses_model = True
+    requires = frozenset({Capability.LATENT_POSTERIOR})
 
     def __init__(
         self,
@@ -118,9 +119,6 @@ class LikelihoodRegret(Score):
     ) -> None:
         self.steps, self.lr, self.n_samples = steps, lr, n_samples
         self.batch_size, self.seed = batch_size, seed
-
-    def applies_to(self, run: LoadedRun) -> bool:
-        return isinstance(run.model, VAE)
 
     def score(self, data: ScoreInput) -> np.ndarray:
         from dgmood.data.dequantize import to_model_input

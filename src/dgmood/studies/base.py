@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import platform
+import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -27,18 +28,34 @@ import torch
 from dgmood.config import DataConfig, RunConfig, apply_overrides, replace_path, with_budget
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
-from dgmood.evaluation.compare import ScoreComparison
+from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, prepare_input
 from dgmood.evaluation.metrics import OODMetrics
+from dgmood.models.base import Capability, ModelKind
+from dgmood.models.registry import require
+from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.runs import LoadedRun, load_run
-from dgmood.training.loop import train_or_reuse
+from dgmood.scores.base import ScoreInput
+from dgmood.training.launch import train_or_reuse
 
-RUNS_DIR = "runs"  # a study's runs live in OUT_DIR/runs/<role>
+RUNS_DIR = "runs"  # a study's runs live in OUT_DIR/runs/<name>-<dataset>-<identity hash>
+
+
+def run_dir_name(config: RunConfig) -> str:
+    """``<preset or family>-<dataset>-<identity hash>``: readable, and unique per identity."""
+    what = (config.preset or type(config.model).family).replace("/", "-")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{what}-{config.data.dataset}").strip("_.")
+    return f"{readable[:60]}-{config.identity_hash()}"
 
 
 @dataclass
 class StudyContext:
-    """Where a study writes, where data comes from, and how big its runs are."""
+    """Where a study writes, where data come from, how big its runs are and how they run.
+
+    Runs are found by what they are: :meth:`obtain` trains a config into
+    ``runs_dir/<name>-<dataset>-<identity hash>`` or reuses the finished run there, so two
+    studies (or two steps of one) that ask for the same model, data and training share it.
+    """
 
     out_dir: Path
     sources: DataSources = field(default_factory=DataSources)
@@ -52,27 +69,84 @@ class StudyContext:
     resume: bool = False  # continue interrupted runs instead of refusing
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    runs_root: Path | None = None  # where runs live (default OUT_DIR/runs); shared by studies
+    nproc: int = 1  # data-parallel training processes per run (torch's launcher when > 1)
 
-    def run_dir(self, role: str) -> Path:
-        return self.out_dir / RUNS_DIR / role
+    @property
+    def runs_dir(self) -> Path:
+        return self.runs_root or self.out_dir / RUNS_DIR
 
-    def obtain_run(self, role: str, config: RunConfig) -> LoadedRun:
-        """The finished run ``role`` of ``config``: reused if done, else trained (or resumed)."""
+    def run_config(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        kind: ModelKind = "density",
+        needs: Sequence[Capability] = (),
+        what: str = "",
+        preset: str | None = None,
+    ) -> RunConfig:
+        """The config of ``model`` (a family or alias) on ``dataset`` at this context's preset,
+        with its overrides, steps and budget applied; a model that is not a ``kind`` model
+        with every capability in ``needs`` is refused here, before anything is trained."""
+        config = run_preset(model, preset or self.preset, dataset)
+        require(config.model, kind, *needs, what=what)
+        return self.configure(config)
+
+    def configure(self, config: RunConfig) -> RunConfig:
+        """``config`` with this context's overrides, steps, budget and device (idempotent)."""
         config = apply_overrides(config, self.overrides)
         if self.budget_minutes > 0:
             config = with_budget(config, self.budget_minutes, self.steps)
         elif self.steps is not None:
             config = replace_path(config, "train.steps", self.steps)
-        with self.timed(f"train {role}"):
+        if self.device:
+            config = replace_path(config, "execution.device", self.device)
+        return config
+
+    def run_dir(self, config: RunConfig) -> Path:
+        """Where the run of ``config`` (configured by :meth:`configure`) lives."""
+        return self.runs_dir / run_dir_name(config)
+
+    def obtain(self, config: RunConfig) -> LoadedRun:
+        """The finished run of ``config``: reused if done, else trained (or resumed)."""
+        config = self.configure(config)
+        run_dir = self.run_dir(config)
+        with self.timed(f"train {run_dir.name}"):
             train_or_reuse(
                 config,
-                self.run_dir(role),
+                run_dir,
                 sources=self.sources,
                 resume=self.resume,
-                device=self.device,
                 progress=self.progress,
+                nproc=self.nproc,
             )
-        return load_run(self.run_dir(role))
+        return load_run(run_dir)
+
+    def obtain_model(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        kind: ModelKind = "density",
+        needs: Sequence[Capability] = (),
+        what: str = "",
+    ) -> LoadedRun:
+        """:meth:`run_config` then :meth:`obtain`: the usual first step of a study."""
+        return self.obtain(self.run_config(model, dataset, kind=kind, needs=needs, what=what))
+
+    def score_input(
+        self,
+        run: LoadedRun,
+        imageset: ImageSet,
+        aux_runs: Mapping[str, LoadedRun] | None = None,
+        options: ScoringOptions | None = None,
+    ) -> ScoreInput:
+        """The (cached) statistics of ``imageset`` under ``run`` and its auxiliary runs: what
+        every score takes (:meth:`dgmood.scores.base.Score.score`)."""
+        options = options or ScoringOptions(progress=self.progress)
+        with self.timed("score sets"):
+            return prepare_input(run, imageset, aux_runs, options)
 
     def load_set(
         self, name: str, split: str, like: DataConfig, limit: int | None = None
@@ -136,10 +210,10 @@ def environment() -> dict[str, str]:
     """Package versions and the device, for the record."""
     import numpy
 
-    import dgmood
+    from dgmood._version import __version__
 
     info = {
-        "dgmood": dgmood.__version__,
+        "dgmood": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -212,20 +286,3 @@ def metrics_table(comparisons: Sequence[ScoreComparison], name: str = "ood_metri
         rows=rows,
         caption=METRICS_CAPTION,
     )
-
-
-def require_kind(config: RunConfig, kind: str) -> None:
-    """Refuse, before any training, a config whose model is not a ``kind`` model."""
-    from dgmood.models.base import Classifier, DensityModel
-    from dgmood.models.registry import build_model
-
-    wanted = {"density": DensityModel, "classifier": Classifier}[kind]
-    model = build_model(config.model, config.data)
-    if not isinstance(model, wanted):
-        examples = {
-            "density": "glow, cv-glow, realnvp, pixelcnnpp or a vae",
-            "classifier": "cnn or cnn-plain",
-        }[kind]
-        raise ValueError(
-            f"{config.preset or type(config.model).family} is not a {kind} model; choose {examples}"
-        )

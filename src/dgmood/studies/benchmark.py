@@ -20,7 +20,6 @@ from dgmood.config import RunConfig
 from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, compare_scores
 from dgmood.evaluation.compare import prepare_input as prepare
 from dgmood.evaluation.typicality import BatchTestResult, typicality_batch_test
-from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.runs import LoadedRun, read_metrics
 from dgmood.scores.base import Score, make_score, score_names
@@ -95,8 +94,7 @@ def benchmark_model(
     With ``options.typicality_batch``, the typicality batch test's rows are appended to
     ``batch_tests``.
     """
-    role = f"{in_dataset}-{model}"
-    run = ctx.obtain_run(role, run_preset(model, ctx.preset, in_dataset))
+    run = ctx.obtain_model(model, in_dataset)
     data = run.config.data
     with ctx.timed("score sets"):
         in_test_set = ctx.load_set(in_dataset, data.val_split, data)
@@ -110,7 +108,7 @@ def benchmark_model(
         for aux_name, config in score.aux_runs(run.config).items():
             if aux_name not in aux:
                 asked[aux_name] = config
-                aux[aux_name] = ctx.obtain_run(f"{role}-{aux_name}", config)
+                aux[aux_name] = ctx.obtain(config)
             elif asked[aux_name] != config:
                 raise ValueError(f"two scores ask for different auxiliary runs named {aux_name!r}")
             seconds += training_seconds(aux[aux_name])
@@ -281,7 +279,8 @@ class Benchmark(Study[BenchmarkOptions]):
                 raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
             for model in o.models:
                 rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring, batch_tests)
-                runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(f"{in_dataset}-{model}"))
+                config = ctx.run_config(model, in_dataset)
+                runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
         missing = set(o.scores) - {r.comparison.score for r in rows}
         if o.scores and missing:
             raise ValueError(

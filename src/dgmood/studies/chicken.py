@@ -24,13 +24,13 @@ from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources, load_files_like
 from dgmood.evaluation.compare import ScoringOptions, compare_scores, prepare_input
 from dgmood.inference import PhotoPrediction, classify_images
+from dgmood.models.base import ModelKind
 from dgmood.predict import run_detector
-from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import LoadedRun
 from dgmood.scores.base import make_score, score_names
 from dgmood.scores.classifier import confidence_fractions, max_softmax_probability
-from dgmood.studies.base import Study, StudyContext, metrics_table, register_study, require_kind
+from dgmood.studies.base import Study, StudyContext, metrics_table, register_study
 
 THRESHOLDS = (0.99, 0.95, 0.75)
 POST_FASHION_FRACTIONS = {0.99: 0.634, 0.95: 0.743, 0.75: 0.889}  # the post's numbers
@@ -113,18 +113,18 @@ class Chicken(Study[ChickenOptions]):
 
         o = self.options
         runs = {}
-        for role, name, steps, kind in (
+        wanted: list[tuple[str, str, int, ModelKind]] = [
             ("classifier", o.classifier, o.classifier_steps, "classifier"),
             ("vae", o.vae, o.vae_steps, "density"),
-        ):
+        ]
+        for role, name, steps, kind in wanted:
             if not name:
                 continue
-            config = run_preset(name, ctx.preset, "mnist")
-            require_kind(config, kind)
+            config = ctx.run_config(name, "mnist", kind=kind)
             config = replace(config, data=replace(config.data, upscale=o.upscale))
             if steps:
                 config = replace(config, train=replace(config.train, steps=steps))
-            runs[role] = ctx.obtain_run(role, config)
+            runs[role] = ctx.obtain(config)
         classifier = runs["classifier"]
         data = classifier.config.data
         scoring = ScoringOptions(progress=ctx.progress)

@@ -20,10 +20,9 @@ from typing import Literal
 
 from dgmood.config import RunConfig
 from dgmood.models.classifiers.cnn import CNNConfig
-from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.scores.classifier import confidence_fractions, max_softmax_probability
-from dgmood.studies.base import Study, StudyContext, register_study, require_kind
+from dgmood.studies.base import Study, StudyContext, register_study
 from dgmood.studies.chicken import POST_FASHION_FRACTIONS, THRESHOLDS, write_bundled_photos
 
 Regularization = Literal["none", "batch-norm", "dropout", "both"]
@@ -123,14 +122,13 @@ class ChickenGrid(Study[ChickenGridOptions]):
 
         o = self.options
         cells = grid_cells(o)
-        base = run_preset(o.classifier, ctx.preset, "mnist")
-        require_kind(base, "classifier")
+        base = ctx.run_config(o.classifier, "mnist", kind="classifier")
         configs = [cell.apply(base, o.dropout) for cell in cells]  # refuse bad options first
         photo_files = [Path(p) for p in o.photos] or write_bundled_photos(ctx.out_dir / "photos")
         rows: list[list[Cell]] = []
         records = []
         for cell, config in zip(cells, configs, strict=True):
-            run = ctx.obtain_run(cell.role, config)
+            run = ctx.obtain(config)
             model = run.classifier()
             data = run.config.data
             mnist = ctx.load_set("mnist", "test", data)
@@ -164,6 +162,7 @@ class ChickenGrid(Study[ChickenGridOptions]):
             records.append(
                 {
                     "cell": cell.role,
+                    "run_dir": str(run.run_dir),
                     **dataclasses.asdict(cell),
                     "mnist_accuracy": accuracy,
                     "fashion_fractions": {str(t): fractions[t] for t in THRESHOLDS},
@@ -192,7 +191,7 @@ class ChickenGrid(Study[ChickenGridOptions]):
             ctx,
             grid_finding(records),
             tables=[table],
-            runs={r["cell"]: str(ctx.run_dir(r["cell"])) for r in records},
+            runs={r["cell"]: r["run_dir"] for r in records},
             data={"cells": records, "post_fashion_fractions": dict(POST_FASHION_FRACTIONS)},
         )
 

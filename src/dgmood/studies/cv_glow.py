@@ -50,23 +50,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from dgmood.data.dequantize import to_model_input
-from dgmood.models.base import InputSpec
+from dgmood.models.base import Capability, InputSpec
 from dgmood.models.flows.actnorm import ActNorm
 from dgmood.models.flows.bijection import Compose, Squeeze
 from dgmood.models.flows.conv1x1 import InvertibleConv1x1
 from dgmood.models.flows.coupling import Additive, ChannelCoupling
 from dgmood.models.flows.multiscale import MultiscaleFlow, StandardNormalPrior
 from dgmood.models.registry import build_model
-from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
-from dgmood.studies.base import Study, StudyContext, register_study, require_kind
+from dgmood.studies.base import Study, StudyContext, register_study
 
 D2_LOG_STANDARD_NORMAL = -1.0  # d^2/dz^2 log N(z; 0, 1)
 
@@ -251,19 +250,23 @@ class CVGlow(Study[CVGlowOptions]):
 
         o = self.options
         preset = o.cpu_preset if ctx.preset == "cpu" and o.cpu_preset else ctx.preset
-        config = run_preset(o.model, preset, o.in_dataset)
+        try:
+            config = ctx.run_config(
+                o.model,
+                o.in_dataset,
+                needs=[Capability.MULTISCALE_FLOW, Capability.CONSTANT_VOLUME],
+                what="the CV-Glow analysis (use cv-glow)",
+                preset=preset,
+            )
+        except ValueError as error:
+            raise NotConstantVolumeError(str(error)) from None
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, upscale=o.upscale)
         )
-        require_kind(config, "density")
-        untrained = build_model(config.model, config.data)
-        if not isinstance(untrained, MultiscaleFlow):
-            raise NotConstantVolumeError(f"{o.model} is not a multiscale flow; use cv-glow")
-        check_constant_volume(untrained)  # before any training
-        run = ctx.obtain_run("model", config)
-        flow = run.density_model()
-        if not isinstance(flow, MultiscaleFlow):
-            raise NotConstantVolumeError(f"{o.model} is not a multiscale flow")
+        # the formula also needs N(0, I) priors: checked on the (cheap) untrained network
+        check_constant_volume(cast(MultiscaleFlow, build_model(config.model, config.data)))
+        run = ctx.obtain(config)
+        flow = cast(MultiscaleFlow, run.density_model())
         check_constant_volume(flow)
         spec = flow.input_spec
         data = run.config.data

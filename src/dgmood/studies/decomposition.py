@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dgmood.evaluation.compare import ScoringOptions
-from dgmood.presets import run_preset
+from dgmood.models.base import Capability
 from dgmood.reporting.analysis_plots import plot_histogram_panels
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.studies.base import Study, StudyContext, register_study
@@ -36,16 +36,6 @@ class DecompositionOptions:
     train_limit: int = 10_000  # in-distribution training images scored
 
 
-def require_flow(model: str, preset: str, dataset: str) -> None:
-    """Refuse, before training, a model that has no density/volume decomposition."""
-    from dgmood.models.flows.multiscale import MultiscaleFlow
-    from dgmood.models.registry import build_model
-
-    config = run_preset(model, preset, dataset)
-    if not isinstance(build_model(config.model, config.data), MultiscaleFlow):
-        raise ValueError(f"{model} is not a flow: the decomposition needs glow, cv-glow or realnvp")
-
-
 @register_study
 class Decomposition(Study[DecompositionOptions]):
     """Histograms and gaps of a flow's density and volume terms per set."""
@@ -56,9 +46,12 @@ class Decomposition(Study[DecompositionOptions]):
 
     def run(self, ctx: StudyContext) -> StudyResult:
         o = self.options
-        require_flow(o.model, ctx.preset, o.in_dataset)
-        config = run_preset(o.model, ctx.preset, o.in_dataset)
-        run = ctx.obtain_run(f"{o.model}-{o.in_dataset}", config)
+        run = ctx.obtain_model(
+            o.model,
+            o.in_dataset,
+            needs=[Capability.LOG_DET_DECOMPOSITION],
+            what="the density/volume decomposition",
+        )
         sub = dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail")
         inputs, sets, _, _, _ = likelihood_comparison(
             run,

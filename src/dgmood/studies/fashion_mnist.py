@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dgmood.presets import run_preset
 from dgmood.reporting.result import StudyResult
-from dgmood.studies.base import Study, StudyContext, register_study, require_kind
+from dgmood.studies.base import Study, StudyContext, register_study
 from dgmood.studies.likelihood import likelihood_comparison, likelihood_finding
 
 
@@ -36,9 +35,7 @@ class FashionMnist(Study[LikelihoodOptions]):
         from dgmood.evaluation.compare import ScoringOptions
 
         o = self.options
-        config = run_preset(o.model, ctx.preset, o.in_dataset)
-        require_kind(config, "density")
-        run = ctx.obtain_run("model", config)
+        run = ctx.obtain_model(o.model, o.in_dataset)
         _, sets, metrics, figures, data = likelihood_comparison(
             run,
             ctx,

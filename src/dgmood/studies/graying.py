@@ -28,11 +28,10 @@ import torch
 
 from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
-from dgmood.presets import run_preset
 from dgmood.reporting.analysis_plots import plot_curves
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.scores.density import negative_log_likelihood
-from dgmood.studies.base import Study, StudyContext, register_study, require_kind
+from dgmood.studies.base import Study, StudyContext, register_study
 
 GRAY_LEVEL = 128  # the constant gray images are blended toward (uint8)
 TRANSFORMS = ("gray", "contrast", "mean")
@@ -108,12 +107,11 @@ class Graying(Study[GrayingOptions]):
         for alpha in o.alphas:
             if not 0.0 <= alpha <= 1.0:
                 raise ValueError(f"alphas must lie in [0, 1], got {alpha}")
-        config = run_preset(o.model, ctx.preset, o.in_dataset)
-        require_kind(config, "density")
+        config = ctx.run_config(o.model, o.in_dataset)
         data = config.data
         bases = [ctx.load_set(o.in_dataset, data.val_split, data)]
         bases += [ctx.load_set(name, "test", data) for name in o.ood]
-        run = ctx.obtain_run(f"{o.model}-{o.in_dataset}", config)
+        run = ctx.obtain(config)
         mean_image = None
         if "mean" in o.transforms:
             train = ctx.load_set(o.in_dataset, data.train_split, data, limit=0)

@@ -125,7 +125,7 @@ def likelihood_comparison(
     ]
     chosen = select_scores(run, scores)
     aux_runs = {
-        role: ctx.obtain_run(role, config)
+        role: ctx.obtain(config)
         for score in chosen
         for role, config in score.aux_runs(run.config).items()
     }

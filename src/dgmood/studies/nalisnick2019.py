@@ -4,8 +4,9 @@ Runs, in order, ``fashion-mnist`` (Figure 1), ``pairs`` (both directions of each
 ``decomposition`` (log p(z) vs log|det J|), ``moments`` (per-dimension means/variances),
 ``graying`` (constant/low-contrast inputs) and ``over-training`` (likelihood along
 training); each writes its own result into ``OUT_DIR/<study>``. Runs live in one shared
-``OUT_DIR/runs`` so that studies asking for the same model on the same data (pairs,
-decomposition and graying all use ``glow-fashion-mnist``) train it once. Resumable:
+``OUT_DIR/runs``, named by what they are (model, data and training config), so studies
+asking for the same run (fashion-mnist, pairs, decomposition and graying all use the Glow
+trained on FashionMNIST) train it once. Resumable:
 finished runs, score caches and over-training stages are reused; an interrupted run is
 continued with ``--resume``.
 
@@ -24,25 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dgmood.reporting.result import Cell, StudyResult, Table
-from dgmood.studies.base import RUNS_DIR, Study, StudyContext, register_study
+from dgmood.studies.base import Study, StudyContext, register_study
 
 PAPER_STUDIES = ("fashion-mnist", "pairs", "decomposition", "moments", "graying", "over-training")
 CPU_LIMIT = 2_000  # images per scored set at --preset cpu (keeps the whole paper < 2 h)
 TRAIN_LIMIT_STUDIES = ("fashion-mnist", "pairs", "decomposition", "over-training")
-
-
-@dataclass
-class SharedRunsContext(StudyContext):
-    """A study context whose runs live in ``runs_root`` (shared by several studies)."""
-
-    runs_root: Path | None = None
-
-    def run_dir(self, role: str) -> Path:
-        return (self.runs_root or self.out_dir / RUNS_DIR) / role
 
 
 @dataclass(frozen=True)
@@ -73,11 +63,9 @@ class Nalisnick2019(Study[Nalisnick2019Options]):
         rows: list[list[Cell]] = []
         data: dict[str, Any] = {}
         for name in o.studies:
-            sub = SharedRunsContext(
-                **{f.name: getattr(ctx, f.name) for f in dataclasses.fields(StudyContext)},
-                runs_root=ctx.out_dir / RUNS_DIR,
+            sub = dataclasses.replace(
+                ctx, out_dir=ctx.out_dir / name, limit=limit, timings={}, runs_root=ctx.runs_dir
             )
-            sub = dataclasses.replace(sub, out_dir=ctx.out_dir / name, limit=limit, timings={})
             options: dict[str, Any] = {}
             if name in TRAIN_LIMIT_STUDIES:
                 options["train_limit"] = train_limit

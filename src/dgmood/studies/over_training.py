@@ -22,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dgmood.config import replace_path
+from dgmood.config import UNTIL_BUDGET, replace_path
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.io import atomic_write_bytes
-from dgmood.presets import run_preset
 from dgmood.reporting.analysis_plots import plot_curves
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import CONFIG_FILE, MODEL_FILE, load_run, read_model_metadata
 from dgmood.scores.density import negative_log_likelihood
-from dgmood.studies.base import Study, StudyContext, register_study, require_kind
-from dgmood.training.loop import train_or_reuse
+from dgmood.studies.base import Study, StudyContext, register_study
+from dgmood.training.launch import train_or_reuse
 
 STAGE_FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)  # of the preset's (or --steps) steps
 STAGES_DIR = "stages"
@@ -70,14 +69,20 @@ class OverTraining(Study[OverTrainingOptions]):
 
     def run(self, ctx: StudyContext) -> StudyResult:
         o = self.options
-        config = run_preset(o.model, ctx.preset, o.in_dataset)
-        require_kind(config, "density")
-        steps = stage_steps(o.stages, ctx.steps or config.train.steps)
+        config = ctx.run_config(o.model, o.in_dataset)
+        if config.train.steps >= UNTIL_BUDGET:
+            raise ValueError(
+                "over-training scores fixed training steps: give --steps (or -o stages=[...]) "
+                "instead of a time budget"
+            )
+        steps = stage_steps(o.stages, config.train.steps)
         data = config.data
         sets = [ctx.load_set(o.in_dataset, data.train_split, data, o.train_limit)]
         sets += [ctx.load_set(o.in_dataset, data.val_split, data)]
         sets += [ctx.load_set(name, "test", data) for name in o.ood]
-        run_dir = ctx.run_dir(f"{o.model}-{o.in_dataset}-staged")
+        # one run directory trained in stages: named by the identity of its last stage
+        run_dir = ctx.run_dir(replace_path(config, "train.steps", steps[-1]))
+        run_dir = run_dir.with_name(f"{run_dir.name}-staged")
         stages_dir = ctx.out_dir / STAGES_DIR
         per_stage: dict[int, dict[str, np.ndarray]] = {}
         for step in steps:
@@ -98,7 +103,6 @@ class OverTraining(Study[OverTrainingOptions]):
                     run_dir,
                     sources=ctx.sources,
                     resume=(run_dir / CONFIG_FILE).exists(),
-                    device=ctx.device,
                     progress=ctx.progress,
                 )
             run = load_run(run_dir)

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dgmood.evaluation.compare import ScoringOptions
-from dgmood.presets import run_preset
 from dgmood.reporting.analysis_plots import plot_histograms
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.scores.density import negative_log_likelihood
-from dgmood.studies.base import Study, StudyContext, metrics_table, register_study, require_kind
+from dgmood.studies.base import Study, StudyContext, metrics_table, register_study
 from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
 
 CPU_PAIRS = ("fashion-mnist:mnist", "mnist:fashion-mnist")
@@ -87,9 +86,7 @@ class Pairs(Study[PairsOptions]):
         configs = {}
         for model in o.models:  # refuse bad models and missing datasets before any training
             for in_name, _ in pairs:
-                config = run_preset(model, ctx.preset, in_name)
-                require_kind(config, "density")
-                configs[model, in_name] = config
+                configs[model, in_name] = ctx.run_config(model, in_name)
         for in_name, ood_name in pairs:
             like = configs[o.models[0], in_name].data
             ctx.load_set(in_name, like.val_split, like, 1)
@@ -103,7 +100,7 @@ class Pairs(Study[PairsOptions]):
         for model in o.models:
             for in_name, ood_name in pairs:
                 tag = f"{model}-{in_name}-vs-{ood_name}"
-                run = ctx.obtain_run(f"{model}-{in_name}", configs[model, in_name])
+                run = ctx.obtain(configs[model, in_name])
                 sub = dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / tag)
                 inputs, _, metrics, _, _ = likelihood_comparison(
                     run,
@@ -206,7 +203,7 @@ class Pairs(Study[PairsOptions]):
             pairs_finding(gap_rows),
             tables=[gaps, sets, metrics],
             figures=figures,
-            runs={f"{m}-{i}": str(ctx.run_dir(f"{m}-{i}")) for m, i in configs},
+            runs={f"{m}-{i}": str(ctx.run_dir(c)) for (m, i), c in configs.items()},
             data=data,
         )
 

@@ -1,5 +1,6 @@
 """Data-parallel training: one process per device, each on a shard of the same global batch.
 
+    dgmood train MODEL --nproc 2 ...     (starts the line below and waits for it)
     torchrun --nproc-per-node 2 -m dgmood.training.distributed CONFIG.yaml RUN_DIR [--resume]
 
 Every rank builds the model from the same seed, prepares the *whole* global batch of step
@@ -118,8 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", help="a run config YAML (dgmood config ... > my.yaml)")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--data-dir", default=None, help="datasets folder ($DGMOOD_DATA)")
+    parser.add_argument("--mirror", default=None, help="raw dataset files ($DGMOOD_MIRROR)")
+    parser.add_argument("--download", action="store_true", help="download missing datasets")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     from dgmood.config import RunConfig
+    from dgmood.data.loading import DataSources
     from dgmood.nn.allocator import tune_malloc
     from dgmood.training.loop import train
 
@@ -130,9 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         train(
             config,
             args.run_dir,
+            sources=DataSources(args.data_dir, args.mirror, args.download),
             resume=args.resume,
             device=str(parallel.device),
-            progress=parallel.is_writer,
+            progress=parallel.is_writer and not args.no_progress,
             parallel=parallel,
         )
     finally:

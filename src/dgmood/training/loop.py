@@ -26,9 +26,14 @@ from dgmood.data.datasets import ImageSet
 from dgmood.data.dequantize import to_model_input
 from dgmood.data.loading import DataSources
 from dgmood.io import atomic_write_text, deferred_interrupts
-from dgmood.models.base import Classifier, DensityModel, bits_per_dim
-from dgmood.models.flows import MultiscaleFlow
-from dgmood.models.registry import build_model
+from dgmood.models.base import Capability, Classifier, DensityModel, MemoryLight, bits_per_dim
+from dgmood.models.registry import (
+    build_model,
+    model_capabilities,
+    models_with,
+    require,
+    spec_of_model,
+)
 from dgmood.nn.precision import autocast_context
 from dgmood.runs import (
     CHECKPOINT_FILE,
@@ -39,12 +44,10 @@ from dgmood.runs import (
     Checkpoint,
     append_metrics,
     check_run_dir,
-    is_finished,
     load_checkpoint,
     model_state_dict,
     open_run_dir,
     read_metrics,
-    read_model_metadata,
     save_checkpoint,
     save_model,
 )
@@ -140,15 +143,16 @@ def _prepare_batch(
         generator=step_generator(config.train.seed, step, salt),
     )
     x = x.to(device)
-    if config.train.channels_last:
+    if config.execution.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def compute_loss(model: nn.Module, x: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    if isinstance(model, Classifier):
-        return model.training_loss(x, labels)
-    return model.training_loss(x)  # type: ignore[operator]
+    """The training loss of a batch: a classifier's needs the labels, a density model's not."""
+    if spec_of_model(model).kind == "classifier":
+        return cast(Classifier, model).training_loss(x, labels)
+    return cast(DensityModel, model).training_loss(x)
 
 
 @torch.no_grad()
@@ -172,16 +176,16 @@ def evaluate_model(
         chunk = images.images[start : start + batch_size]
         labels = images.labels[start : start + batch_size].to(device)
         x = _prepare_batch(model, chunk, config, start, device, salt=12_345, augment=False)
-        if isinstance(model, Classifier):
+        if spec_of_model(model).kind == "classifier":
             logits = model(x)
             values = {
                 "val_loss": nn.functional.cross_entropy(logits, labels, reduction="sum"),
                 "val_accuracy": (logits.argmax(-1) == labels).float().sum(),
             }
         else:
-            assert isinstance(model, DensityModel)
-            log_prob = model.log_prob(x)
-            values = {"val_bpd": bits_per_dim(log_prob, model.input_spec).sum()}
+            density = cast(DensityModel, model)
+            log_prob = density.log_prob(x)
+            values = {"val_bpd": bits_per_dim(log_prob, density.input_spec).sum()}
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + float(value)
         count += len(chunk)
@@ -230,16 +234,11 @@ def _build_model(config: RunConfig, device: torch.device) -> nn.Module:
     except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as error:
         family = type(config.model).family
         raise ValueError(f"cannot build a {family} model from this config: {error}") from None
-    if config.train.memory_light:
-        if not isinstance(model, MultiscaleFlow):
-            family = type(config.model).family
-            raise ValueError(
-                f"train.memory_light=true is only supported for flows (glow, glow-additive, "
-                f"cv-glow, realnvp), not {family}; use train.memory_light=false"
-            )
-        model.set_memory_light(True)
+    if config.execution.memory_light:
+        require(config.model, "density", Capability.MEMORY_LIGHT, what="execution.memory_light")
+        cast(MemoryLight, model).set_memory_light(True)
     model = model.to(device)
-    if config.train.channels_last:
+    if config.execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     return model
@@ -338,23 +337,25 @@ class _Session:
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
     loss_module: nn.Module | None = field(init=False, default=None)
-    # compute_loss(model, x, labels), compiled with train.compile
+    # compute_loss(model, x, labels), compiled with execution.compile
     loss_fn: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] = field(
         init=False, default_factory=lambda: compute_loss
     )
 
     def __post_init__(self) -> None:
-        if self.config.train.precision != "fp32" and not getattr(self.model, "bf16_safe", False):
+        precision = self.config.execution.precision
+        if precision != "fp32" and Capability.BF16_SAFE not in model_capabilities(self.model):
             raise ValueError(
-                f"train.precision={self.config.train.precision} is only supported for flows "
-                "(checked against fp32 in docs/RESULTS.md, Speed); use train.precision=fp32"
+                f"execution.precision={precision} is only supported for families checked "
+                f"against fp32 ({', '.join(models_with('density', Capability.BF16_SAFE))}; "
+                "docs/RESULTS.md, Speed); use execution.precision=fp32"
             )
         self.optimizer = make_optimizer(self.model, self.config)
         warmup = _lr_lambda(self.config.train.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
         if self.parallel is not None:
             self.loss_module = self.parallel.wrap(self.model)  # DDP: averages gradients
-        if self.config.train.compile:  # compiled at the first step, after actnorm's init
+        if self.config.execution.compile:  # compiled at the first step, after actnorm's init
             if self.loss_module is not None:
                 self.loss_module = cast(nn.Module, torch.compile(self.loss_module, dynamic=False))
             self.loss_fn = torch.compile(compute_loss, dynamic=False)
@@ -406,7 +407,7 @@ class _Session:
         idx = batch_indices(len(self.train_set), train_cfg.batch_size, train_cfg.seed, step)
         x = _prepare_batch(self.model, self.train_set.images[idx], self.config, step, self.device)
         labels = self.train_set.labels[idx].to(self.device)
-        with autocast_context(train_cfg.precision, self.device):
+        with autocast_context(self.config.execution.precision, self.device):
             if self.parallel is not None and self.loss_module is not None:
                 # every rank prepared the whole global batch; each keeps its slice
                 x, labels = self.parallel.shard(x), self.parallel.shard(labels)
@@ -523,9 +524,9 @@ def train(
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume)
-    if config.train.num_threads > 0:
-        torch.set_num_threads(config.train.num_threads)
-    dev = _device(device)
+    if config.execution.num_threads > 0:
+        torch.set_num_threads(config.execution.num_threads)
+    dev = _device(device or config.execution.device or None)
     train_set, val_set = _load_data_rank_0_first(
         config, sources or DataSources(), train_set, val_set, parallel
     )
@@ -603,7 +604,7 @@ def _run_steps(
                 running, running_count = {}, 0
             is_eval = train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0
             out_of_time = done < train_cfg.steps and budget_exceeded(
-                started, train_cfg.budget_minutes, session.parallel
+                started, session.config.execution.budget_minutes, session.parallel
             )
             last = done == train_cfg.steps or out_of_time  # validated and checkpointed
             if session.val_set is not None and (is_eval or last):
@@ -625,7 +626,8 @@ def _run_steps(
                 stopped_at = done
                 if progress:
                     bar.write(
-                        f"time budget of {train_cfg.budget_minutes} min reached at step {done}"
+                        f"time budget of {session.config.execution.budget_minutes} min "
+                        f"reached at step {done}"
                     )
                 break
     except _Diverged as error:
@@ -633,28 +635,3 @@ def _run_steps(
     finally:
         bar.close()
     return history, time.perf_counter() - started, stopped_at
-
-
-def train_or_reuse(
-    config: RunConfig,
-    run_dir: str | os.PathLike[str],
-    *,
-    sources: DataSources | None = None,
-    resume: bool = False,
-    device: str | None = None,
-    progress: bool = True,
-) -> bool:
-    """Train ``config`` into ``run_dir`` unless a finished run of the same config is there.
-
-    Returns True when it trained. A run stopped by its ``train.budget_minutes`` is finished.
-    An unfinished run is continued only with ``resume=True``;
-    a finished run of a different config is an error (it is never overwritten).
-    """
-    run_dir = Path(run_dir)
-    if (run_dir / MODEL_FILE).exists() and (run_dir / CONFIG_FILE).exists() and not resume:
-        stored = RunConfig.load(run_dir / CONFIG_FILE)
-        metadata = read_model_metadata(run_dir / MODEL_FILE)
-        if stored == config and is_finished(metadata, config.train.steps):
-            return False
-    train(config, run_dir, sources=sources, resume=resume, device=device, progress=progress)
-    return True

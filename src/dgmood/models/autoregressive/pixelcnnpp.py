@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import DensityModel, InputSpec
-from dgmood.models.registry import register_family, register_presets
+from dgmood.models.base import Capability, DensityModel, FamilySpec, InputSpec
+from dgmood.models.registry import register_family
 from dgmood.nn.distributions import discretized_logistic_log_mass
 from dgmood.nn.shifted_conv import (
     DownRightShiftedConv2d,
@@ -449,7 +449,6 @@ class PixelCNNppConfig(ModelConfig):
     n_bits: int = 8  # bit depth modelled; 8 = all 256 levels per channel
 
 
-@register_family(PixelCNNppConfig)
 def build_pixelcnnpp(config: PixelCNNppConfig, data: DataConfig) -> PixelCNNpp:
     """PixelCNN++ for ``(data.channels, data.image_size, data.image_size)`` images."""
     return PixelCNNpp(
@@ -463,20 +462,31 @@ def build_pixelcnnpp(config: PixelCNNppConfig, data: DataConfig) -> PixelCNNpp:
     )
 
 
-register_presets(
-    "pixelcnnpp",
-    {
-        "tiny": PixelCNNppConfig(
-            n_resnet=1, n_filters=8, n_logistic_mix=3, n_downsample=2, dropout=0.0
-        ),
-        # ~0.4 GFLOP per 32x32 image for forward+backward (~30 ms of one core): ~600 steps of
-        # 64 images in 10 min on 2 cores; too short a run to overfit, hence no dropout
-        "cpu": PixelCNNppConfig(
-            n_resnet=1, n_filters=16, n_logistic_mix=5, n_downsample=2, dropout=0.0
-        ),
-        # Salimans et al. 2017, CIFAR-10: 2.92 bits/dim on the test set (53.7M parameters)
-        "paper": PixelCNNppConfig(
-            n_resnet=5, n_filters=160, n_logistic_mix=10, n_downsample=2, dropout=0.5
-        ),
-    },
+register_family(
+    FamilySpec(
+        name="pixelcnnpp",
+        config=PixelCNNppConfig,
+        build=build_pixelcnnpp,
+        kind="density",
+        description="PixelCNN++ (Salimans et al. 2017): discretized logistic mixtures",
+        presets={
+            "tiny": PixelCNNppConfig(
+                n_resnet=1, n_filters=8, n_logistic_mix=3, n_downsample=2, dropout=0.0
+            ),
+            # ~0.4 GFLOP per 32x32 image for forward+backward (~30 ms of one core): ~600 steps
+            # of 64 images in 10 min on 2 cores; too short a run to overfit, hence no dropout
+            "cpu": PixelCNNppConfig(
+                n_resnet=1, n_filters=16, n_logistic_mix=5, n_downsample=2, dropout=0.0
+            ),
+            # Salimans et al. 2017, CIFAR-10: 2.92 bits/dim on the test set (53.7M parameters)
+            "paper": PixelCNNppConfig(
+                n_resnet=5, n_filters=160, n_logistic_mix=10, n_downsample=2, dropout=0.5
+            ),
+        },
+        capabilities=frozenset({Capability.EXACT_LIKELIHOOD, Capability.SAMPLING}),
+        train_overrides={
+            "cpu": {"steps": 500, "batch_size": 32, "lr": 2e-3},
+            "paper": {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
+        },
+    )
 )

@@ -95,9 +95,9 @@ class MultiscaleFlow(DensityModel):
     "Glow", 2018.
     """
 
-    # under bf16 autocast only the networks drop precision: 1x1 convs, coupling transforms,
-    # log-determinants and prior log-densities stay float32 (docs/RESULTS.md, Speed)
-    bf16_safe = True
+    # bf16-safe (its family spec says so): under bf16 autocast only the networks drop
+    # precision; 1x1 convs, coupling transforms, log-determinants and prior log-densities stay
+    # float32 (docs/RESULTS.md, Speed)
 
     def __init__(
         self,
@@ -120,7 +120,7 @@ class MultiscaleFlow(DensityModel):
 
         Same function, parameters and gradients (to the inverse's round-off); activation
         memory flat in the number of steps, ~1.5-2x the step time. An execution choice of
-        the training loop (``train.memory_light``), not part of the model's config, so a
+        the training loop (``execution.memory_light``), not part of the model's config, so a
         run can be resumed with it switched either way.
         """
         for level in self.levels:

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from torch import Tensor
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import InputSpec
+from dgmood.models.base import Capability, FamilySpec, InputSpec
 from dgmood.models.flows.actnorm import ActNorm
 from dgmood.models.flows.bijection import Bijection, Compose, Squeeze
 from dgmood.models.flows.conv1x1 import InvertibleConv1x1, LUInvertibleConv1x1
@@ -41,7 +41,7 @@ from dgmood.models.flows.multiscale import (
     Split,
     StandardNormalPrior,
 )
-from dgmood.models.registry import register_alias, register_family, register_presets
+from dgmood.models.registry import register_family
 from dgmood.nn.layers import GlowConditioner, ResNetConditioner
 
 
@@ -75,7 +75,6 @@ def _glow_transform(config: GlowConfig) -> type[ElementwiseTransform]:
     return {"affine": AffineSigmoid, "additive": Additive}[config.coupling]
 
 
-@register_family(GlowConfig)
 def build_glow(config: GlowConfig, data: DataConfig) -> MultiscaleFlow:
     spec = _input_spec(data, config.n_bits)
     transform_cls = _glow_transform(config)
@@ -116,7 +115,6 @@ def build_glow(config: GlowConfig, data: DataConfig) -> MultiscaleFlow:
     return MultiscaleFlow(spec, levels, splits, top)
 
 
-@register_family(RealNVPConfig)
 def build_realnvp(config: RealNVPConfig, data: DataConfig) -> MultiscaleFlow:
     spec = _input_spec(data, config.n_bits)
     channels, size = data.channels, data.image_size
@@ -167,24 +165,59 @@ class _ReverseChannels(Bijection):
         return z.flip(1), z.new_zeros(z.shape[0])
 
 
-register_presets(
-    "glow",
+_FLOW_CAPABILITIES = frozenset(
     {
-        # seconds per step on CPU; for tests
-        "tiny": GlowConfig(n_levels=2, n_steps=2, hidden_channels=16),
-        # the demo: FashionMNIST in ~10 minutes on 2 CPU cores
-        "cpu": GlowConfig(n_levels=3, n_steps=4, hidden_channels=64),
-        # Kingma & Dhariwal's CIFAR-10 model (3.35 bits/dim published)
-        "paper": GlowConfig(n_levels=3, n_steps=32, hidden_channels=512),
-    },
+        Capability.EXACT_LIKELIHOOD,
+        Capability.LOG_DET_DECOMPOSITION,
+        Capability.MULTISCALE_FLOW,
+        Capability.MEMORY_LIGHT,
+        Capability.BF16_SAFE,
+        Capability.SAMPLING,
+    }
 )
-register_presets(
-    "realnvp",
-    {
-        "tiny": RealNVPConfig(n_levels=2, hidden_channels=16, n_blocks=1),
-        "cpu": RealNVPConfig(n_levels=2, hidden_channels=32, n_blocks=2),
-        "paper": RealNVPConfig(n_levels=3, hidden_channels=64, n_blocks=8),
-    },
+
+
+def _glow_capabilities(config: GlowConfig) -> frozenset[Capability]:
+    # additive couplings leave actnorm and the 1x1 convs, whose log-dets do not depend on x
+    return frozenset({Capability.CONSTANT_VOLUME}) if config.coupling == "additive" else frozenset()
+
+
+register_family(
+    FamilySpec(
+        name="glow",
+        config=GlowConfig,
+        build=build_glow,
+        kind="density",
+        description="Glow (Kingma & Dhariwal 2018): actnorm, LU 1x1 convs, affine couplings",
+        presets={
+            # seconds per step on CPU; for tests
+            "tiny": GlowConfig(n_levels=2, n_steps=2, hidden_channels=16),
+            # the demo: FashionMNIST in ~10 minutes on 2 CPU cores
+            "cpu": GlowConfig(n_levels=3, n_steps=4, hidden_channels=64),
+            # Kingma & Dhariwal's CIFAR-10 model (3.35 bits/dim published)
+            "paper": GlowConfig(n_levels=3, n_steps=32, hidden_channels=512),
+        },
+        capabilities=_FLOW_CAPABILITIES,
+        config_capabilities=_glow_capabilities,
+        aliases={
+            "glow-additive": {"coupling": "additive"},
+            # constant-volume Glow (Nalisnick et al. 2019, section 5)
+            "cv-glow": {"coupling": "additive", "split_prior": "standard", "learn_top": False},
+        },
+    )
 )
-register_alias("glow-additive", "glow", coupling="additive")
-register_alias("cv-glow", "glow", coupling="additive", split_prior="standard", learn_top=False)
+register_family(
+    FamilySpec(
+        name="realnvp",
+        config=RealNVPConfig,
+        build=build_realnvp,
+        kind="density",
+        description="RealNVP (Dinh et al. 2017): checkerboard and channel affine couplings",
+        presets={
+            "tiny": RealNVPConfig(n_levels=2, hidden_channels=16, n_blocks=1),
+            "cpu": RealNVPConfig(n_levels=2, hidden_channels=32, n_blocks=2),
+            "paper": RealNVPConfig(n_levels=3, hidden_channels=64, n_blocks=8),
+        },
+        capabilities=_FLOW_CAPABILITIES,
+    )
+)

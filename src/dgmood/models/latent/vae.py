@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import DensityModel, bits_per_dim
+from dgmood.models.base import Capability, DensityModel, FamilySpec, bits_per_dim
 from dgmood.models.latent.likelihoods import LIKELIHOODS, PixelLikelihood
 from dgmood.models.latent.networks import ConvDecoder, ConvEncoder
 from dgmood.models.latent.posteriors import (
@@ -27,7 +27,7 @@ from dgmood.models.latent.posteriors import (
     standard_normal_log_prob,
     standard_normal_noise,
 )
-from dgmood.models.registry import register_alias, register_family, register_presets
+from dgmood.models.registry import register_family
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,6 @@ class VAE(DensityModel):
         Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014;
         Burda et al., "Importance Weighted Autoencoders", ICLR 2016.
     """
-
-    stochastic_log_prob = True
 
     def __init__(
         self,
@@ -212,7 +210,6 @@ _POSTERIOR_BUILDERS: dict[str, Callable[[VAEConfig], LatentPosterior]] = {
 }
 
 
-@register_family(VAEConfig)
 def build_vae(config: VAEConfig, data: DataConfig) -> VAE:
     """The VAE described by ``config`` for ``data``'s image shape (32x32, 1 or 3 channels)."""
     if data.image_size != 32:
@@ -242,27 +239,46 @@ def build_vae(config: VAEConfig, data: DataConfig) -> VAE:
 # Nalisnick et al. 2019 show conv VAEs trained on CIFAR-10 (Fig. 2b "VAE with RNVP as encoder",
 # Fig. 2c "VAE conv-categorical likelihood"), but our sources give no layer widths or latent size,
 # nor the likelihood of 2b; the "paper" size is a larger conv VAE in that spirit, not a copy.
-register_presets(
-    "vae",
-    {
-        # smoke tests: forward + backward of 4 images well under a second
-        "tiny": VAEConfig(latent_dim=8, base_channels=8, feature_dim=32),
-        # FashionMNIST with the cpu TrainConfig (1500 steps x 64): ~250 ms/step on one core,
-        # so roughly 5-7 minutes on 2 cores including validation
-        "cpu": VAEConfig(latent_dim=32, base_channels=24, feature_dim=256),
-        # CIFAR-10, Fig. 2c; needs a GPU
-        "paper": VAEConfig(
-            latent_dim=64,
-            base_channels=64,
-            feature_dim=512,
-            likelihood="categorical",
-            n_posterior_flows=6,  # used by the vae-realnvp alias (Fig. 2b)
-            flow_hidden_dim=256,
+register_family(
+    FamilySpec(
+        name="vae",
+        config=VAEConfig,
+        build=build_vae,
+        kind="density",
+        description="a conv VAE: ELBO and IWAE bound of a discrete decoder likelihood",
+        presets={
+            # smoke tests: forward + backward of 4 images well under a second
+            "tiny": VAEConfig(latent_dim=8, base_channels=8, feature_dim=32),
+            # FashionMNIST with the cpu TrainConfig (1500 steps x 64): ~250 ms/step on one
+            # core, so roughly 5-7 minutes on 2 cores including validation
+            "cpu": VAEConfig(latent_dim=32, base_channels=24, feature_dim=256),
+            # CIFAR-10, Fig. 2c; needs a GPU
+            "paper": VAEConfig(
+                latent_dim=64,
+                base_channels=64,
+                feature_dim=512,
+                likelihood="categorical",
+                n_posterior_flows=6,  # used by the vae-realnvp alias (Fig. 2b)
+                flow_hidden_dim=256,
+            ),
+        },
+        capabilities=frozenset(
+            {
+                Capability.LIKELIHOOD_BOUND,
+                Capability.STOCHASTIC_LOG_PROB,
+                Capability.IWAE,
+                Capability.LATENT_POSTERIOR,
+                Capability.RECONSTRUCTION,
+                Capability.SAMPLING,
+            }
         ),
-    },
+        train_overrides={"cpu": {"steps": 1500, "eval_every": 500, "checkpoint_every": 250}},
+        # architecture variants on top of any size preset: `dgmood train vae-realnvp --preset paper`
+        aliases={
+            "vae-bernoulli": {"likelihood": "bernoulli"},  # the chicken post (binarised)
+            "vae-categorical": {"likelihood": "categorical"},  # Fig. 2c at any size
+            "vae-logistic": {"likelihood": "logistic"},
+            "vae-realnvp": {"posterior": "realnvp"},  # Fig. 2b: "RNVP as encoder"
+        },
+    )
 )
-# architecture variants on top of any size preset: `dgmood train vae-realnvp --preset paper`
-register_alias("vae-bernoulli", "vae", likelihood="bernoulli")  # the chicken post (binarised)
-register_alias("vae-categorical", "vae", likelihood="categorical")  # Fig. 2c at any size
-register_alias("vae-logistic", "vae", likelihood="logistic")
-register_alias("vae-realnvp", "vae", posterior="realnvp")  # Fig. 2b: "RNVP as encoder"
