@@ -99,11 +99,8 @@ def run_detector(
     fit_data: ImageSet | None = None
     if chosen.needs_fit and chosen.fits_on == "held_out":
         start = len(validation)
-        fit_data = ImageSet(
-            split.name,
-            split.split,
-            split.images[start : start + fit_limit],
-            split.labels[start : start + fit_limit],
+        fit_data = split.with_images(
+            split.images[start : start + fit_limit], split.labels[start : start + fit_limit]
         )
         if len(fit_data) == 0:
             raise ValueError(

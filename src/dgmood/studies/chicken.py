@@ -19,10 +19,12 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor
 
+from dgmood.config import DataConfig
 from dgmood.data.images import stack_pixels
 from dgmood.data.imageset import ImageSet
-from dgmood.data.loading import DataSources, load_files_like
+from dgmood.data.loading import load_files_like
 from dgmood.evaluation.compare import ScoringOptions, compare_scores, prepare_input
+from dgmood.evaluation.reject import Detector, RejectRule
 from dgmood.inference import PhotoPrediction, classify_images
 from dgmood.models.base import ModelKind
 from dgmood.predict import run_detector
@@ -128,10 +130,7 @@ class Chicken(Study[ChickenOptions]):
         classifier = runs["classifier"]
         data = classifier.config.data
         scoring = ScoringOptions(progress=ctx.progress)
-        # the VAE's reject rule is fitted on its validation images, the first val_size of
-        # MNIST test: a --limit keeps that many more, so that held-out images remain
-        held_back = runs["vae"].config.data.val_size if "vae" in runs and ctx.limit else 0
-        mnist = ctx.load_set("mnist", "test", data, ctx.limit + held_back if held_back else None)
+        mnist = ctx.load_set("mnist", "test", data)
         fashion = ctx.load_set("fashion-mnist", "test", data)
         train = ctx.load_set("mnist", "train", data, o.fit_limit)
         with ctx.timed("score sets"):
@@ -216,14 +215,14 @@ class Chicken(Study[ChickenOptions]):
         reject: dict[str, Any] = {}
         if "vae" in runs:
             with ctx.timed("reject rule"):
+                detector = run_detector(runs["vae"], o.reject_score, o.reject_accept, ctx.sources)
+                held_out = held_out_mnist(ctx, detector.rule, data)
+                c_held_out = prepare_input(classifier, held_out, options=scoring)
                 table, reject = reject_rule_outcome(
-                    runs["vae"],
-                    mnist,
-                    correct,
+                    detector,
+                    held_out,
+                    c_held_out.stat("logits").argmax(1) == held_out.labels.numpy(),
                     {"FashionMNIST test": fashion.images, "photos": photo_images},
-                    o.reject_score,
-                    o.reject_accept,
-                    sources=ctx.sources,
                 )
             tables.append(table)
 
@@ -304,37 +303,39 @@ class Chicken(Study[ChickenOptions]):
 # --- the post's "simple algorithm": predict only when the VAE finds the input probable -----
 
 
-def reject_rule_outcome(
-    detector_run: LoadedRun,
-    mnist: ImageSet,
-    correct: np.ndarray,
-    others: dict[str, Tensor],
-    score: str = "nll",
-    accept: float = 0.95,
-    *,
-    sources: DataSources | None = None,
-) -> tuple[Table, dict[str, Any]]:
-    """The detector's one rule (:func:`dgmood.predict.run_detector`, the rule ``dgmood
-    predict --detector`` applies); what it rejects of the MNIST test images it was not
-    fitted on, and of the other sets.
+def held_out_mnist(ctx: StudyContext, rule: RejectRule, data: DataConfig) -> ImageSet:
+    """MNIST test images the reject rule was not fitted on (capped at ``ctx.limit``).
 
-    ``mnist`` is MNIST test in the detector's format; the rule's validation images are its
-    first ``val_size`` images, so the held-out images are the ones after them. ``correct``
-    says which MNIST test images the classifier gets right, so that the accuracy on the
-    images the rule keeps can be compared with the accuracy on all of them.
+    The rule is fitted on the detector's validation images, the first ``rule.n`` of its
+    validation split: when that split is MNIST test, the held-out images are the ones after.
     """
-    detector = run_detector(detector_run, score, accept, sources)
-    rule = detector.rule
-    skip = rule.n if rule.validation == mnist.label else 0
-    if skip >= len(mnist):
+    test = ctx.sources.load_like("mnist", "test", data)
+    skip = rule.n if rule.validation == test.label else 0
+    if skip >= len(test):
         raise ValueError(
             f"no MNIST test image is left to measure the reject rule on: its {rule.n} "
-            f"validation images are the first of the {len(mnist)} loaded"
+            f"validation images are the first {rule.n} of the {len(test)}"
         )
-    held_out = ImageSet(mnist.name, mnist.split, mnist.images[skip:], mnist.labels[skip:])
+    return test.with_images(test.images[skip:], test.labels[skip:]).head(ctx.limit)
+
+
+def reject_rule_outcome(
+    detector: Detector,
+    held_out: ImageSet,
+    correct: np.ndarray,
+    others: dict[str, Tensor],
+) -> tuple[Table, dict[str, Any]]:
+    """What the detector's one rule (:func:`dgmood.predict.run_detector`, the rule ``dgmood
+    predict --detector`` applies) rejects of MNIST test images it was not fitted on
+    (``held_out``, :func:`held_out_mnist`) and of the other sets.
+
+    ``correct`` says which ``held_out`` images the classifier gets right, so that the
+    accuracy on the images the rule keeps can be compared with the accuracy on all of them.
+    """
+    rule = detector.rule
     rejected_mnist, _ = detector.screen(held_out.images)[1:]
     kept = ~rejected_mnist
-    correct_held_out = np.asarray(correct, dtype=bool)[skip:]
+    correct_held_out = np.asarray(correct, dtype=bool)
     rows: list[list[Cell]] = [
         [
             "MNIST test (held out)",
