@@ -96,3 +96,31 @@ def test_tiny_cnn_learns_bar_orientation() -> None:
     with torch.no_grad():
         accuracy = (model(images).argmax(-1) == labels).float().mean().item()
     assert accuracy == 1.0
+
+
+def test_mlp_alias_is_flattened_pixels_through_one_hidden_layer() -> None:
+    """`mlp` (no conv block): logits equal an independent two-layer computation."""
+    from dgmood.models.registry import resolve_model
+
+    config = resolve_model("mlp", "tiny")
+    model = build_model(config, DataConfig(dataset="mnist"))
+    model.eval()
+    x = torch.rand(5, 1, 32, 32)
+    hidden = model.hidden[1]
+    manual = torch.relu(x.flatten(1) @ hidden.weight.T + hidden.bias)
+    manual = manual @ model.classifier.weight.T + model.classifier.bias
+    torch.testing.assert_close(model(x), manual)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def test_strided_cnn_has_no_pooling_and_halves_like_the_pooled_one() -> None:
+    import dataclasses
+
+    pooled = model_preset("cnn", "tiny")
+    strided = dataclasses.replace(pooled, pooling="stride")
+    a = build_model(pooled, DataConfig(dataset="mnist"))
+    b = build_model(strided, DataConfig(dataset="mnist"))
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in b.modules())
+    assert [m.stride for m in b.modules() if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 2
+    x = torch.rand(3, 1, 32, 32)
+    assert a.features(x).shape == b.features(x).shape == (3, pooled.hidden_width)

@@ -11,6 +11,7 @@ from dgmood.config import DataConfig
 from dgmood.data.loading import DataSources
 from dgmood.models.classifiers.cnn import MNISTCNN, CNNConfig
 from dgmood.presets import run_preset
+from dgmood.runs import load_run
 from dgmood.studies.base import StudyContext
 from dgmood.studies.chicken_grid import (
     ChickenGrid,
@@ -75,7 +76,9 @@ def test_finding_picks_the_closest_accurate_cell() -> None:
 
 
 @pytest.mark.slow
-def test_two_cell_grid_end_to_end(tmp_path: Path, mirror: Path) -> None:
+def test_grid_end_to_end_with_architectures_and_test_time_scales(
+    tmp_path: Path, mirror: Path
+) -> None:
     ctx = StudyContext(
         out_dir=tmp_path,
         sources=DataSources(mirror=str(mirror)),
@@ -83,16 +86,38 @@ def test_two_cell_grid_end_to_end(tmp_path: Path, mirror: Path) -> None:
         limit=200,
         progress=False,
     )
-    options = ChickenGridOptions(classifier="cnn", steps=(15,), regularization=("none", "both"))
+    options = ChickenGridOptions(
+        classifier="cnn",
+        steps=(15,),
+        regularization=("none", "both"),
+        architecture=("cnn", "mlp"),
+        test_scale=(1.0, 255.0),
+    )
     result = ChickenGrid(options).run(ctx)
     (table,) = result.tables
-    assert len(table.rows) == 2
+    assert len(table.rows) == 8  # 4 trained cells x 2 test-time scales
     cells = result.data["cells"]
-    assert [c["regularization"] for c in cells] == ["none", "both"]
+    assert [(c["regularization"], c["architecture"], c["test_scale"]) for c in cells][:4] == [
+        ("none", "cnn", 1.0),
+        ("none", "cnn", 255.0),
+        ("none", "mlp", 1.0),
+        ("none", "mlp", 255.0),
+    ]
+    sources = DataSources(mirror=str(mirror))
     for cell in cells:
         fractions = [cell["fashion_fractions"][str(t)] for t in (0.99, 0.95, 0.75)]
         assert 0.0 <= fractions[0] <= fractions[1] <= fractions[2] <= 1.0
-        assert 0.0 <= cell["mnist_accuracy"] <= 1.0
         assert 0.1 <= cell["highest_photo_confidence"] <= 1.0
-        assert (Path(cell["run_dir"]) / "model.safetensors").exists()
+        run = load_run(cell["run_dir"])
+        convs = [m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert bool(convs) == (cell["architecture"] == "cnn")
+        # independently: the model on the scaled [0, 1] pixels, straight through torch
+        with torch.no_grad():
+            fashion = sources.load_like("fashion-mnist", "test", run.config.data).head(200)
+            mnist = sources.load_like("mnist", "test", run.config.data).head(200)
+            scale = cell["test_scale"]
+            probs = torch.softmax(run.model(fashion.images.float() / 255 * scale), dim=1)
+            accuracy = run.model(mnist.images.float() / 255 * scale).argmax(1) == mnist.labels
+        assert fractions[0] == pytest.approx(float((probs.max(1).values > 0.99).float().mean()))
+        assert cell["mnist_accuracy"] == pytest.approx(float(accuracy.float().mean()))
     assert result.finding

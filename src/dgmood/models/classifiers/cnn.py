@@ -29,7 +29,8 @@ class CNNConfig(ModelConfig):
 
     family: ClassVar[str] = "cnn"
 
-    channels: tuple[int, ...] = (32, 64, 128)  # output channels of each conv block
+    # output channels of each conv block; () = no conv block: an MLP on the flattened pixels
+    channels: tuple[int, ...] = (32, 64, 128)
     hidden_width: int = 128  # width of the penultimate FC layer = feature dimension
     dropout: float = 0.3  # dropout probability on the features before the linear head
     num_classes: int = 10  # number of output classes (logits)
@@ -37,6 +38,9 @@ class CNNConfig(ModelConfig):
     # how the [0, 1] pixels enter the first conv: as they are ("unit"), standardised with
     # MNIST's training mean and std ("standardize", the PyTorch MNIST example), or as 2x - 1
     input_normalization: Literal["unit", "standardize", "symmetric"] = "unit"
+    # how each block halves the resolution: a 2x2 max-pool after its conv, or the conv
+    # itself with stride 2 (an all-convolutional net, no pooling; Springenberg et al. 2015)
+    pooling: Literal["max", "stride"] = "max"
 
 
 # (shift, scale) of each input normalisation: the first conv sees (x - shift) / scale
@@ -58,8 +62,8 @@ class MNISTCNN(Classifier):
 
     def __init__(self, config: CNNConfig, input_shape: tuple[int, int, int] = (1, 32, 32)):
         super().__init__()
-        if not config.channels:
-            raise ValueError("CNNConfig.channels needs at least one conv block")
+        if config.pooling not in ("max", "stride"):
+            raise ValueError(f"pooling must be 'max' or 'stride', got {config.pooling!r}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
         in_channels, height, width = input_shape
@@ -88,12 +92,15 @@ class MNISTCNN(Classifier):
 
         blocks: list[nn.Module] = []
         previous = in_channels
+        stride = 2 if config.pooling == "stride" else 1
         for out_channels in config.channels:
             blocks += [
-                nn.Conv2d(previous, out_channels, 3, padding=1, bias=not config.batch_norm),
+                nn.Conv2d(
+                    previous, out_channels, 3, stride, padding=1, bias=not config.batch_norm
+                ),
                 nn.BatchNorm2d(out_channels) if config.batch_norm else nn.Identity(),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
+                nn.MaxPool2d(2) if config.pooling == "max" else nn.Identity(),
             ]
             previous = out_channels
         self.conv = nn.Sequential(*blocks)
@@ -143,6 +150,10 @@ register_family(
         train_overrides={"cpu": {"steps": 2000, "eval_every": 500, "checkpoint_every": 500}},
         # A plain CNN in the spirit of the post's "simple CNN" (~98-99% test accuracy): no
         # batch norm, no dropout. Regularisation changes how overconfident a classifier is.
-        aliases={"cnn-plain": {"batch_norm": False, "dropout": 0.0}},
+        aliases={
+            "cnn-plain": {"batch_norm": False, "dropout": 0.0},
+            # no convolution at all: flattened pixels -> one hidden ReLU layer -> logits
+            "mlp": {"channels": (), "hidden_width": 256, "batch_norm": False, "dropout": 0.0},
+        },
     )
 )
