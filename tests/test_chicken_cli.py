@@ -77,6 +77,17 @@ def test_reproduce_chicken_tiny_then_predict_a_photo(tmp_path: Path, mirror: Pat
     assert "cat.jpg" in result.output
     assert (tmp_path / "fig" / "cat_probabilities.png").exists()
 
+    # one reject rule per detector: predict --detector applies the rule the study reported
+    result = runner.invoke(
+        app,
+        ["predict", str(classifier), str(photo), "--detector", str(vae), "--mirror", str(mirror)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    reported = results["data"]["reject_rule"]
+    assert f"nll > {reported['threshold']:.4g} " in result.output, result.output
+    assert len(list((vae / "thresholds").glob("*.json"))) == 1  # stored once
+
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is text")
     result = runner.invoke(app, ["predict", str(classifier), str(not_an_image)])

@@ -27,23 +27,43 @@ from dgmood.models.base import (
     Classifier,
     DensityModel,
     ImportanceWeighted,
+    InputSpec,
     Reconstructs,
+    SeededLogProb,
     bits_per_dim,
 )
 from dgmood.models.registry import model_capabilities, spec_of_model
 from dgmood.runs import SCORES_DIR, read_score_cache, run_subdir
 
-STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
+# part of every score cache key: bump it when the statistics of the same images change
+# (2: random draws seeded by image content, no longer by position)
+SCORING_VERSION = 2
 
 
-def _image_noise(count: int, start: int, shape: tuple[int, ...], seed: int) -> Tensor:
-    """Dequantization offsets for images ``start .. start+count-1``, each seeded by its index.
+def image_seeds(images: Tensor, seed: int, stream: str) -> list[int]:
+    """One seed per uint8 image: a hash of ``seed``, the ``stream`` and the image's bytes.
 
-    Image ``i`` always gets the same noise for a given seed, whatever the batch size.
+    An image gets the same random draws wherever it appears (in a dataset, alone, in any
+    order or batch): its score is a function of the model, the seed and the image only.
+    ``stream`` keeps different draws (dequantization noise, a VAE's latents) independent.
     """
-    out = torch.empty((count, *shape))
-    for row in range(count):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start + row)
+    salt = f"{seed}:{stream}:".encode()
+    pixels = images.contiguous().numpy()
+    return [
+        int.from_bytes(hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest(), "little")
+        for row in pixels
+    ]
+
+
+def _image_generators(images: Tensor, seed: int, stream: str) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in image_seeds(images, seed, stream)]
+
+
+def _image_noise(images: Tensor, seed: int) -> Tensor:
+    """Dequantization offsets in [0, 1), each image's drawn from its own seed."""
+    shape = tuple(images.shape[1:])
+    out = torch.empty((len(images), *shape))
+    for row, generator in enumerate(_image_generators(images, seed, "dequantization")):
         out[row] = torch.rand(shape, generator=generator)
     return out
 
@@ -62,34 +82,30 @@ def score_images(
 ) -> dict[str, np.ndarray]:
     """Per-sample statistics of uint8 ``images`` ``[N, C, H, W]`` under ``model``.
 
-    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples. Results do not
-    depend on ``batch_size``: the dequantization noise of image ``i`` is seeded by
-    ``(seed, i)``, and models whose score samples (a VAE's ELBO) are run in fixed blocks of
-    :data:`STOCHASTIC_BLOCK` images, each with its RNG seeded by ``(seed, block)``.
+    ``iwae_k > 0`` adds a VAE's importance-weighted bound with ``k`` samples. An image's
+    statistics depend on the model, ``seed`` and the image only, not on ``batch_size`` nor on
+    the other images or its position among them: its dequantization noise and, for models
+    whose score samples (a VAE's ELBO), its latent draws come from generators seeded by the
+    seed and the image's bytes (:func:`image_seeds`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_iwae(model, iwae_k)
     device = next(model.parameters()).device
     stochastic = Capability.STOCHASTIC_LOG_PROB in model_capabilities(model)
-    if stochastic:  # whole blocks per batch, so that block boundaries never move
-        batch_size = max(STOCHASTIC_BLOCK, batch_size // STOCHASTIC_BLOCK * STOCHASTIC_BLOCK)
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
     with Progress(images.shape[0], desc, unit="images", enabled=progress) as bar:
         for start in range(0, images.shape[0], batch_size):
             chunk = images[start : start + batch_size]
-            x = _model_input(model, chunk, start, dequantization, seed).to(device)
+            x = _model_input(model, chunk, dequantization, seed).to(device)
             if stochastic:
-                pieces = []
-                for offset in range(0, len(x), STOCHASTIC_BLOCK):
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        block = (start + offset) // STOCHASTIC_BLOCK
-                        torch.manual_seed(seed * 1_000_003 + block + 1)
-                        block_x = x[offset : offset + STOCHASTIC_BLOCK]
-                        pieces.append(_batch_statistics(model, block_x, iwae_k))
-                stats = {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
+                _check_iwae(model, iwae_k)
+                seeded = cast(SeededLogProb, model)
+                generators = _image_generators(chunk, seed, "model")
+                terms = seeded.seeded_log_prob_terms(x, generators, iwae_k)
+                stats = _with_bits_per_dim(terms, model.input_spec)
             else:
                 stats = _batch_statistics(model, x, iwae_k)
             for key, value in stats.items():
@@ -102,14 +118,13 @@ def score_images(
 def _model_input(
     model: DensityModel | Classifier,
     chunk: Tensor,
-    start: int,
     dequantization: DequantMode,
     seed: int,
 ) -> Tensor:
-    """uint8 images ``start .. start+len(chunk)-1`` on the model's input scale."""
+    """uint8 images on the model's input scale; each image's noise seeded by its content."""
     spec = model.input_spec
     if dequantization == "uniform" and not spec.discrete:
-        noise = _image_noise(len(chunk), start, tuple(chunk.shape[1:]), seed)
+        noise = _image_noise(chunk, seed)
         bin_width = (spec.high - spec.low) / spec.n_levels
         return to_model_input(chunk, spec, "none") + noise * bin_width
     return to_model_input(chunk, spec, dequantization)
@@ -133,11 +148,23 @@ def _batch_statistics(model: nn.Module, x: Tensor, iwae_k: int) -> dict[str, Ten
         features = classifier.features(x)
         return {"logits": classifier.head(features), "features": features}
     density = cast(DensityModel, model)
-    spec = density.input_spec
     stats = dict(density.log_prob_terms(x))
-    stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
     if iwae_k > 0:
+        _check_iwae(model, iwae_k)
         stats["iwae_log_prob"] = cast(ImportanceWeighted, model).iwae_log_prob(x, iwae_k)
+    return _with_bits_per_dim(stats, density.input_spec)
+
+
+def _check_iwae(model: nn.Module, iwae_k: int) -> None:
+    if iwae_k > 0 and Capability.IWAE not in model_capabilities(model):
+        name = spec_of_model(model).name
+        raise ValueError(f"{name} has no importance-weighted bound (IWAE)")
+
+
+def _with_bits_per_dim(terms: dict[str, Tensor], spec: InputSpec) -> dict[str, Tensor]:
+    stats = dict(terms)
+    stats["bits_per_dim"] = bits_per_dim(stats["log_prob"], spec)
+    if "iwae_log_prob" in stats:
         stats["iwae_bits_per_dim"] = bits_per_dim(stats["iwae_log_prob"], spec)
     return stats
 
@@ -171,7 +198,7 @@ def score_cached(
     disk), the statistics are returned all the same, with a :class:`CacheNotSavedWarning`.
     """
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
-    options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
+    options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}-v{SCORING_VERSION}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
     path = run_subdir(Path(run_dir), SCORES_DIR) / f"{key}.npz"  # never through a link
     cached = read_score_cache(path)  # a damaged cache file is removed and recomputed

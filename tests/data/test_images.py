@@ -16,8 +16,9 @@ from dgmood.data.images import (
     ImageLoadError,
     load_image,
     mnistify,
+    prepare_image,
 )
-from dgmood.data.transforms import center_crop_square, to_channels
+from dgmood.data.transforms import center_crop_square, to_channels, to_size
 
 
 def _drawn_digit(
@@ -226,3 +227,89 @@ def test_one_channel_conversion_rounds_luma_where_torchvision_truncates() -> Non
     assert not hasattr(images, "to_channels")  # one implementation: dgmood.data.transforms
     yellow = torch.tensor([255, 255, 0], dtype=torch.uint8).view(3, 1, 1)
     assert int(to_channels(yellow, 1)) == 226  # 0.886 * 255 = 225.93; uint8 truncation: 225
+
+
+# --- the route a user's file takes: the dataset's geometry, or the photo path -------------
+
+
+def _letter(background: int = 255, ink: int = 0, side: int = 28) -> Image.Image:
+    """A dark letter on a light 28x28 square: dataset-sized, but not MNIST's polarity."""
+    image = Image.new("L", (side, side), color=background)
+    ImageDraw.Draw(image).line([(6, 22), (14, 5), (22, 22)], fill=ink, width=3)
+    return image
+
+
+def test_an_image_in_the_datasets_format_takes_exactly_the_datasets_geometry() -> None:
+    """Defect: a 28x28 file was resized to fill 32x32, stretched, and inverted when its
+    border was bright; the dataset's images were zero-padded by 2 pixels, nothing else."""
+    letter = _letter()
+    prepared = prepare_image(letter, 1, 32, upscale="pad", native_sides=(28,))
+    assert prepared.route == "dataset" and not prepared.inverted
+    expected = torch.nn.functional.pad(torch.from_numpy(np.array(letter))[None], (2, 2, 2, 2))
+    torch.testing.assert_close(prepared.pixels, expected)
+    # a resize run resizes 28 -> 32 the way the dataset was resized
+    resized = prepare_image(letter, 1, 32, upscale="resize", native_sides=(28,))
+    original = torch.from_numpy(np.array(letter))[None, None]
+    torch.testing.assert_close(resized.pixels, to_size(original, 32, "resize")[0])
+    # an explicit --invert still inverts, before padding: the border stays black
+    forced = prepare_image(letter, 1, 32, native_sides=(28,), invert=True)
+    assert forced.inverted and forced.route == "dataset"
+    torch.testing.assert_close(forced.pixels[:, 2:30, 2:30], 255 - expected[:, 2:30, 2:30])
+    assert (forced.pixels[:, :2] == 0).all()
+
+
+def test_colour_and_palette_files_in_the_datasets_format_convert_like_the_dataset() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    prepared = prepare_image(Image.fromarray(rgb), 1, 32, native_sides=(28,))
+    chw = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
+    assert prepared.route == "dataset"
+    torch.testing.assert_close(prepared.pixels, to_size(to_channels(chw, 1)[None], 32)[0])
+    # gray into a colour model repeats the channel; an opaque alpha channel is no alpha
+    gray = Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).convert("LA")
+    colour = prepare_image(gray, 3, 32)
+    assert colour.route == "dataset" and colour.pixels.shape == (3, 32, 32)
+    torch.testing.assert_close(
+        colour.pixels, torch.from_numpy(np.array(gray)[..., 0])[None].expand(3, -1, -1)
+    )
+
+
+def test_photos_take_the_photo_route_and_say_when_they_were_inverted() -> None:
+    drawn = prepare_image(_drawn_digit(), 1, 32, native_sides=(28,))
+    assert drawn.route == "photo" and drawn.inverted
+    assert drawn.describe() == "photo, inverted"
+    torch.testing.assert_close(drawn.pixels, mnistify(_drawn_digit()))
+    dark = prepare_image(_drawn_digit(background=0, ink=255), 1, 32)
+    assert dark.route == "photo" and not dark.inverted and dark.describe() == "photo"
+    # another side, transparency, or a non-square image: photos, even at 28 pixels
+    for photo in (
+        _letter(side=20),
+        _letter().convert("RGBA").resize((28, 28)).crop((0, 0, 28, 27)),
+    ):
+        assert prepare_image(photo, 1, 32, native_sides=(28,)).route == "photo"
+    transparent = _letter().convert("RGBA")
+    transparent.putalpha(128)
+    assert prepare_image(transparent, 1, 32, native_sides=(28,)).route == "photo"
+    # colour photos: centre crop and resize, never inverted
+    cat = prepare_image(Image.fromarray(skimage.data.chelsea()), 3, 32)
+    assert cat.route == "photo" and not cat.inverted and cat.pixels.shape == (3, 32, 32)
+
+
+def test_a_folder_of_dataset_images_loads_exactly_as_the_dataset(
+    tmp_path: Path, mirror: Path
+) -> None:
+    """Defect: a folder of in-distribution FashionMNIST PNGs scored as `--ood folder:DIR` was
+    MNIST-ified (resized, stretched) and looked separable from FashionMNIST."""
+    from dgmood.config import DataConfig
+    from dgmood.data.datasets import load_dataset
+    from dgmood.data.loading import DataSources
+
+    raw = load_dataset("fashion-mnist", "test", mirror=mirror)
+    for i in range(12):
+        Image.fromarray(raw.images[i, 0].numpy()).save(tmp_path / f"{i:02d}.png")
+    sources = DataSources(mirror=str(mirror))
+    for upscale in ("pad", "resize"):
+        data = DataConfig(dataset="fashion-mnist", upscale=upscale)
+        folder = sources.load_like(f"folder:{tmp_path}", "test", data)
+        dataset = sources.load_like("fashion-mnist", "test", data).head(12)
+        torch.testing.assert_close(folder.images, dataset.images)

@@ -152,6 +152,7 @@ def test_predict_with_a_detector_prints_the_verdict(
     result = CliRunner().invoke(app, [*args, "--mirror", str(mirror)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "noise.png" in result.output and "percentile" in result.output
+    assert "(photo" in result.output  # a 40x40 colour file is a photo, not a dataset image
     assert "rejected" in result.output  # noise is nothing like a digit
     assert "reject rule: nll >" in result.output and THRESHOLDS_DIR in result.output
     result = CliRunner().invoke(app, [*args, "--score", "nope"])

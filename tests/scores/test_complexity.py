@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dgmood.scores.base import ScoreInput, make_score
 from dgmood.scores.complexity import CODECS, compressed_bits_per_dim
@@ -58,15 +60,65 @@ def test_every_new_score_is_registered_with_a_reference() -> None:
         assert score_class(name).references()
 
 
+def _encoded_size(codec: str, array: np.ndarray) -> int:
+    """Bytes of ``array`` compressed by the codec's library directly (not dgmood's wrapper)."""
+    if codec == "jxl":
+        import imagecodecs
+
+        return len(imagecodecs.jpegxl_encode(array, lossless=True, effort=5))
+    buffer = io.BytesIO()
+    options: dict[str, dict[str, object]] = {
+        "png": {"format": "PNG", "optimize": True, "compress_level": 9},
+        "jp2": {"format": "JPEG2000", "irreversible": False},
+        "webp": {"format": "WEBP", "lossless": True, "quality": 100, "method": 4},
+    }
+    Image.fromarray(array).save(buffer, **options[codec])  # type: ignore[arg-type]
+    return len(buffer.getvalue())
+
+
+def _decoded(codec: str, data: bytes) -> np.ndarray:
+    if codec == "jxl":
+        import imagecodecs
+
+        return np.asarray(imagecodecs.jpegxl_decode(data))
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_codec_is_lossless(codec: str, channels: int) -> None:
+    """L(x) is a lossless length only if decoding gives back every pixel exactly."""
+    generator = torch.Generator().manual_seed(channels)
+    image = torch.randint(0, 256, (channels, 32, 32), generator=generator, dtype=torch.uint8)
+    image[:, 8:24, 8:24] //= 16  # smooth and noisy regions, like real content
+    array = image[0].numpy() if channels == 1 else image.permute(1, 2, 0).contiguous().numpy()
+    decoded = _decoded(codec, CODECS[codec](array))
+    if channels == 1 and decoded.ndim == 3:  # WebP stores gray as RGB with equal channels
+        decoded = np.stack([decoded[..., 0], decoded[..., 1], decoded[..., 2]])
+        array = np.stack([array] * 3)
+    np.testing.assert_array_equal(decoded, array)
+
+
 def test_each_complexity_score_compresses_with_its_own_codec(make_input: MakeInput) -> None:
     generator = torch.Generator().manual_seed(1)
     noise = torch.randint(0, 256, (3, 1, 32, 32), generator=generator).to(torch.uint8)
     images = torch.cat([noise // 4 * 4, noise])  # coarser and finer content
     bits_per_dim = np.array([4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
-    lengths = {codec: compressed_bits_per_dim(images, codec) for codec in CODECS}
+    zeros = np.zeros((32, 32), dtype=np.uint8)
+    lengths = {
+        codec: np.array(
+            [
+                8.0 * (_encoded_size(codec, a) - _encoded_size(codec, zeros)) / a.size
+                for a in images[:, 0].numpy()
+            ]
+        )
+        for codec in CODECS
+    }
     # the codecs give different lengths on these images, so the check tells them apart
     assert len({tuple(v) for v in lengths.values()}) == len(CODECS)
     for codec, length in lengths.items():
+        np.testing.assert_array_equal(compressed_bits_per_dim(images, codec), length, codec)
         scores = make_score(f"complexity-{codec}").score(
             make_input({"bits_per_dim": bits_per_dim}, images=images)
         )

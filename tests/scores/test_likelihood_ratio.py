@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,11 @@ from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.evaluation.metrics import auroc
 from dgmood.models.latent.vae import VAEConfig
 from dgmood.scores.base import ScoreInput, make_score
-from dgmood.scores.likelihood_ratio import LikelihoodRatio, background_run_name
+from dgmood.scores.likelihood_ratio import (
+    LikelihoodRatio,
+    background_run_name,
+    weight_decay_from_l2_coefficient,
+)
 from dgmood.training.loop import mutate_pixels
 
 MakeInput = Callable[..., ScoreInput]
@@ -82,3 +89,39 @@ def test_prepare_batch_mutates_only_with_a_mutation_rate() -> None:
     assert 0.4 < float((noisy != clean).double().mean()) < 0.6
     other_step = _prepare_batch(model, images, noisy_config, 6, device)
     assert not torch.equal(noisy, other_step)  # fresh per batch
+
+
+def test_weight_decay_step_equals_a_step_on_rens_l2_penalty_in_bits_per_dim() -> None:
+    """Ren et al. add lambda |theta|^2 to a loss in nats per image; our loss is that loss over
+    D ln 2. One SGD step with the converted coupled weight decay on our loss must equal one
+    plain SGD step on (nats loss + lambda |theta|^2) / (D ln 2), computed by autograd."""
+    generator = torch.Generator().manual_seed(0)
+    theta0 = torch.randn(5, generator=generator, dtype=torch.float64)
+    target = torch.randn(5, generator=generator, dtype=torch.float64)
+    l2_coefficient, num_dims, lr = 10.0, 1024, 0.1
+
+    def nats_loss(theta: torch.Tensor) -> torch.Tensor:
+        return ((theta - target) ** 4).sum()
+
+    decayed = theta0.clone().requires_grad_(True)
+    optimiser = torch.optim.SGD(
+        [decayed], lr=lr, weight_decay=weight_decay_from_l2_coefficient(l2_coefficient, num_dims)
+    )
+    (nats_loss(decayed) / (num_dims * math.log(2))).backward()
+    optimiser.step()
+
+    penalised = theta0.clone().requires_grad_(True)
+    objective = (nats_loss(penalised) + l2_coefficient * penalised.square().sum()) / (
+        num_dims * math.log(2)
+    )
+    (gradient,) = torch.autograd.grad(objective, penalised)
+    torch.testing.assert_close(decayed.detach(), theta0 - lr * gradient, rtol=1e-12, atol=1e-12)
+
+
+def test_scores_doc_quotes_the_converted_weight_decay() -> None:
+    """docs/scores.md's "their 10 corresponds to ..." is the function's value for D = 1024."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scores.md").read_text()
+    match = re.search(r"their 10 corresponds to .*?~ ([0-9.]+e-[0-9]+)", doc, flags=re.S)
+    assert match, "docs/scores.md should state what Ren et al.'s lambda = 10 becomes"
+    quoted = float(match.group(1))
+    assert quoted == pytest.approx(weight_decay_from_l2_coefficient(10.0, 1024), rel=0.02)

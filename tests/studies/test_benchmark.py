@@ -100,6 +100,10 @@ def test_benchmark_cli_tiny_grid_with_a_folder_and_an_aux_score(
         "48",
         "--train-limit",
         "32",
+        "--typicality-batch",
+        "1",
+        "--typicality-batch",
+        "5",
         "--out-dir",
         str(out),
         "--mirror",
@@ -108,6 +112,18 @@ def test_benchmark_cli_tiny_grid_with_a_folder_and_an_aux_score(
     ]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    # the typicality test on batches of M images, reachable from the command line
+    with open(out / "typicality_batch.csv") as handle:
+        batch_rows = list(csv.DictReader(handle))
+    assert {(r["OOD"], r["model"], r["M"]) for r in batch_rows} == {
+        (o, m, size)
+        for o in ("mnist", f"folder:{photos}")
+        for m in ("glow", "vae")
+        for size in "15"
+    }
+    for r in batch_rows:
+        assert 0 <= float(r["in-distribution batches flagged"]) <= 1
+        assert 0 <= float(r["AUROC"]) <= 1
 
     with open(out / "benchmark.csv") as handle:
         rows = list(csv.DictReader(handle))

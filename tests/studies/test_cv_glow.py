@@ -6,17 +6,22 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dgmood.config import DataConfig
+from dgmood.data.datasets import load_dataset
 from dgmood.data.loading import DataSources
+from dgmood.data.transforms import match_format
+from dgmood.inference import score_images
 from dgmood.models.flows.actnorm import ActNorm
 from dgmood.models.flows.bijection import Squeeze
 from dgmood.models.flows.conv1x1 import LUInvertibleConv1x1
 from dgmood.models.flows.multiscale import MultiscaleFlow
 from dgmood.models.registry import build_model, resolve_model
 from dgmood.reporting.result import StudyResult
+from dgmood.runs import load_run
 from dgmood.studies.base import StudyContext
 from dgmood.studies.cv_glow import (
     CVGlow,
@@ -166,9 +171,32 @@ def test_cv_glow_study_end_to_end_tiny(tmp_path: Path, mirror: Path) -> None:
     }
     for value in [data["measured_gap"], data["paper_formula"], *data["brute_force"].values()]:
         assert torch.isfinite(torch.tensor(value))
-    # MNIST has higher pixel variance at the centre and lower at the border than Fashion;
-    # one channel in, so one per-channel sum
-    assert len(data["variance_difference_per_channel"]) == 1
+    # the model was trained on FashionMNIST's training split, not on the test set it is scored on
+    assert "trained on fashion-mnist-train" in table.title, table.title
+
+    # the values, recomputed from the run and the raw files outside the study
+    run = load_run(result.runs["model"])
+    flow = run.density_model()
+    sets = {
+        name: match_format(
+            load_dataset(name, "test", mirror=mirror).head(300), 1, 32, upscale="resize"
+        ).images
+        for name in ("fashion-mnist", "mnist")
+    }
+    log_p = {name: score_images(flow, images)["log_prob"] for name, images in sets.items()}
+    expected_gap = float(np.mean(log_p["mnist"]) - np.mean(log_p["fashion-mnist"]))
+    assert data["measured_gap"] == pytest.approx(expected_gap, rel=1e-6)
+    num_dims = 32 * 32
+    expected_bpd = -(np.mean(log_p["fashion-mnist"]) - num_dims * np.log(256)) / (
+        num_dims * np.log(2)
+    )
+    assert data["bits_per_dim_in"] == pytest.approx(expected_bpd, rel=1e-6)
+    # per-pixel variances on the [-0.5, 0.5] scale at the bin centres, summed over the image
+    centres = {n: (im.numpy().astype(np.float64) + 0.5) / 256 - 0.5 for n, im in sets.items()}
+    variance_sum = float(
+        (centres["mnist"].var(axis=0, ddof=1) - centres["fashion-mnist"].var(axis=0, ddof=1)).sum()
+    )
+    assert data["variance_difference_per_channel"] == pytest.approx([variance_sum], rel=1e-9)
     result.write(tmp_path / "report")
     reloaded = json.loads((tmp_path / "report" / "result.json").read_text())
     assert reloaded["study"] == "cv-glow"

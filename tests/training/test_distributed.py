@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -73,22 +74,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int, resume: bool) -> None:
-    from dgmood.training.distributed import setup, teardown
-
-    torch.set_num_threads(1)
-    _join_params(rank, world_size, port)
-    parallel = setup("gloo")
-    try:
-        train_synthetic(run_config(steps), run_dir, resume=resume, parallel=parallel)
-    finally:
-        teardown()
-
-
-def train_parallel(run_dir: Path, steps: int, resume: bool = False) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(run_dir), steps, resume), nprocs=2, join=True)
-
-
 def _join_params(rank: int, world_size: int, port: int) -> None:
     os.environ.update(
         RANK=str(rank),
@@ -99,18 +84,19 @@ def _join_params(rank: int, world_size: int, port: int) -> None:
     )
 
 
-def _loading_worker(rank: int, world_size: int, port: int, folder: str, mirror: str) -> None:
-    """A rank that trains on FashionMNIST loaded by name into a data dir that starts empty.
+def _train_parallel(parallel: Any, run_dir: Path, steps: int, resume: bool = False) -> None:
+    train_synthetic(run_config(steps), run_dir, resume=resume, parallel=parallel)
 
-    It logs when it starts and ends loading a split (rank 0 as a slow first download) and
-    what it loaded; an error is written down instead of raised, for the test to read.
+
+def _train_loading_by_name(rank: int, parallel: Any, out: Path, mirror: str) -> None:
+    """Train on FashionMNIST loaded by name into a data dir that starts empty.
+
+    Each rank logs when it starts and ends loading a split (rank 0 as a slow first download)
+    and what it loaded; an error is written down instead of raised, for the test to read.
     """
     from dgmood.data.loading import DataSources
-    from dgmood.training.distributed import setup, teardown
 
-    torch.set_num_threads(1)
-    _join_params(rank, world_size, port)
-    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
     read = DataSources.load_like
 
     def logged_load_like(self: DataSources, name: str, split: str, data: DataConfig) -> ImageSet:
@@ -126,7 +112,6 @@ def _loading_worker(rank: int, world_size: int, port: int, folder: str, mirror: 
         return images
 
     DataSources.load_like = logged_load_like  # type: ignore[method-assign]
-    parallel = setup("gloo")
     config = RunConfig(
         model=resolve_model("glow", "tiny"),
         data=DataConfig(train_limit=32, val_size=16),
@@ -145,13 +130,50 @@ def _loading_worker(rank: int, world_size: int, port: int, folder: str, mirror: 
     except Exception as error:
         (out / f"error-{rank}.txt").write_text(f"{type(error).__name__}: {error}")
     finally:
+        DataSources.load_like = read  # type: ignore[method-assign]
+
+
+def _group_worker(rank: int, world_size: int, port: int, folder: str, mirror: str) -> None:
+    """One rank of the module's one 2-process gloo group; it runs every scenario in turn.
+
+    Spawning interpreters and joining a group costs seconds each time, so the scenarios share
+    one group: the equivalence run, the interrupted-then-resumed run, and data loading by
+    name with a mirror and with an empty one (both ranks stop, the group stays usable).
+    """
+    from dgmood.training.distributed import setup, teardown
+
+    torch.set_num_threads(1)
+    _join_params(rank, world_size, port)
+    out = Path(folder)
+    parallel = setup("gloo")
+    try:
+        _train_parallel(parallel, out / "parallel", 6)
+        # interrupted after 3 steps, resumed by both ranks from rank 0's checkpoint
+        _train_parallel(parallel, out / "resumed", 3)
+        if parallel.is_writer:
+            (out / "after-3").mkdir()
+            shutil.copy(out / "resumed" / "model.safetensors", out / "after-3")
+        parallel.barrier()
+        _train_parallel(parallel, out / "resumed", 6, resume=True)
+        _train_loading_by_name(rank, parallel, out / "loading", mirror)
+        empty_mirror = out / "empty-mirror"
+        empty_mirror.mkdir(exist_ok=True)
+        _train_loading_by_name(rank, parallel, out / "loading-fails", str(empty_mirror))
+        (out / f"done-{rank}").touch()
+    finally:
         teardown()
 
 
-def spawn_loading_ranks(folder: Path, mirror: Path, timeout: float = 180.0) -> None:
-    """Two loading workers; a rank left waiting for another fails the test, not hangs it."""
+@pytest.fixture(scope="module")
+def gloo_group(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
+    """The folder the module's one 2-process group wrote every scenario into.
+
+    A rank left waiting for another fails the tests instead of hanging them.
+    """
+    folder = tmp_path_factory.mktemp("gloo")
+    timeout = 300.0
     context = mp.spawn(
-        _loading_worker, args=(2, _free_port(), str(folder), str(mirror)), nprocs=2, join=False
+        _group_worker, args=(2, _free_port(), str(folder), str(mirror)), nprocs=2, join=False
     )
     deadline = time.monotonic() + timeout
     while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
@@ -159,32 +181,32 @@ def spawn_loading_ranks(folder: Path, mirror: Path, timeout: float = 180.0) -> N
             for process in context.processes:
                 process.kill()
             pytest.fail(f"the ranks did not finish within {timeout} s (one waits for the other)")
+    assert (folder / "done-0").exists() and (folder / "done-1").exists()
+    return folder
 
 
-def test_rank_0_prepares_the_data_before_the_others_read_it(tmp_path: Path, mirror: Path) -> None:
-    spawn_loading_ranks(tmp_path, mirror)
-    assert not list(tmp_path.glob("error-*.txt"))
-    events = (tmp_path / "events.log").read_text().split("\n")[:-1]
+def test_rank_0_prepares_the_data_before_the_others_read_it(gloo_group: Path, mirror: Path) -> None:
+    out = gloo_group / "loading"
+    assert not list(out.glob("error-*.txt"))
+    events = (out / "events.log").read_text().split("\n")[:-1]
     ranks = [int(line.split()[1]) for line in events]
     assert ranks == sorted(ranks), events  # rank 1 started loading after rank 0 had finished
     assert ranks.count(0) == ranks.count(1) == 4  # train and test split each
     for split in ("train", "test"):
-        digests = {(tmp_path / f"data-{r}-{split}.sha256").read_text() for r in (0, 1)}
+        digests = {(out / f"data-{r}-{split}.sha256").read_text() for r in (0, 1)}
         assert len(digests) == 1, split  # both ranks hold the same images
-    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    files = [p for p in (out / "data").rglob("*") if p.is_file()]
     assert files and not [p for p in files if p.name.endswith(".part")]
-    for packed in (tmp_path / "data").rglob("*.gz"):
+    for packed in (out / "data").rglob("*.gz"):
         expected = (mirror / "fashion-mnist" / packed.name).read_bytes()
         assert packed.read_bytes() == expected, packed
 
 
-def test_every_rank_stops_when_rank_0_cannot_load_the_data(tmp_path: Path) -> None:
-    empty_mirror = tmp_path / "mirror"
-    empty_mirror.mkdir()
-    spawn_loading_ranks(tmp_path, empty_mirror)
-    assert "fashion-mnist" in (tmp_path / "error-0.txt").read_text()
-    assert (tmp_path / "events.log").read_text() == "start 0 train\n"  # rank 1 read nothing
-    assert "rank 0 could not load the data" in (tmp_path / "error-1.txt").read_text()
+def test_every_rank_stops_when_rank_0_cannot_load_the_data(gloo_group: Path) -> None:
+    out = gloo_group / "loading-fails"
+    assert "fashion-mnist" in (out / "error-0.txt").read_text()
+    assert (out / "events.log").read_text() == "start 0 train\n"  # rank 1 read nothing
+    assert "rank 0 could not load the data" in (out / "error-1.txt").read_text()
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -195,11 +217,10 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path) -> None:
-    single, parallel = tmp_path / "single", tmp_path / "parallel"
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path, gloo_group: Path) -> None:
+    single, parallel = tmp_path / "single", gloo_group / "parallel"
     torch.set_num_threads(1)
     train_synthetic(run_config(6), single)
-    train_parallel(parallel, 6)
     assert_same_weights(single, parallel)
     single_log, parallel_log = read_metrics(single), read_metrics(parallel)
     assert [r["step"] for r in parallel_log] == [r["step"] for r in single_log]
@@ -207,14 +228,11 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path) -> Non
         for key in ("loss", "val_bpd"):
             if key in s:
                 assert p[key] == pytest.approx(s[key], rel=1e-5), (key, s["step"])
-    # interrupted after 3 steps, resumed by both ranks from rank 0's checkpoint
-    resumed = tmp_path / "resumed"
-    train_parallel(resumed, 3)
-    # the tolerance tells 3 steps from 6: the comparisons above are not vacuous
+    # interrupted after 3 steps, resumed by both ranks from rank 0's checkpoint: the
+    # tolerance tells 3 steps from 6, so the comparisons above are not vacuous
     with pytest.raises(AssertionError):
-        assert_same_weights(single, resumed)
-    train_parallel(resumed, 6, resume=True)
-    assert_same_weights(single, resumed)
+        assert_same_weights(single, gloo_group / "after-3")
+    assert_same_weights(single, gloo_group / "resumed")
 
 
 def test_time_budget_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:

@@ -113,6 +113,9 @@ def _show_warning(
     err_console.print(f"[yellow]warning:[/] {shown(message)}")
 
 
+FIT_DATA_WORDS = {"train": "train", "held_out": "held-out images"}  # `dgmood scores`
+
+
 def user_errors(func: F) -> F:
     """Turn errors a user can fix into one red line and exit code 2, not a traceback.
 
@@ -592,7 +595,10 @@ def list_scores() -> None:
     for name in score_names():
         cls = score_class(name)
         needs = ", ".join(
-            [*cls.needs_stats, *(["fit on in-dist train"] if cls.needs_fit else [])]
+            [
+                *cls.needs_stats,
+                *([f"fit on in-dist {FIT_DATA_WORDS[cls.fits_on]}"] if cls.needs_fit else []),
+            ]
             + (["the model"] if cls.uses_model else [])
         )
         table.add_row(name, cls.model_kind, needs, cls.summary(), cls.references())
@@ -679,6 +685,14 @@ def benchmark(
     train_limit: Annotated[
         int, typer.Option(help="In-distribution training images used to fit scores.")
     ] = 10_000,
+    typicality_batch: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--typicality-batch",
+            help="Batch size M of the typicality test on batches (repeat for several, e.g. "
+            "--typicality-batch 5 --typicality-batch 25): AUROC and share of batches flagged.",
+        ),
+    ] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for runs and results.")] = Path(
         "reports/benchmark"
     ),
@@ -700,6 +714,7 @@ def benchmark(
         ("ood", ood),
         ("models", model),
         ("scores", score_names),
+        ("typicality_batch", typicality_batch),
     ):
         if values:
             options[key] = tuple(values)
@@ -720,8 +735,9 @@ def predict(
         bool | None,
         typer.Option(
             "--invert/--no-invert",
-            help="Force MNIST's white-on-black inversion on or off (default: auto-detect a "
-            "bright background).",
+            help="Force MNIST's white-on-black inversion on or off (default: photos are "
+            "inverted when their background is bright; images already in the dataset's "
+            "format are never inverted unless --invert).",
         ),
     ] = None,
     plot: Annotated[
@@ -757,19 +773,25 @@ def predict(
     download: Download = False,
     expect_sha256: ExpectSha256 = None,
 ) -> None:
-    """Class probabilities of any photo, after the documented MNIST-ify path; with
-    --detector, whether each input is rejected as OOD.
+    """Class probabilities of image files; with --detector, whether each is rejected as OOD.
 
-    The threshold is fitted once on the detector's validation images and stored in
-    DETECTOR/thresholds/ (refitted when the detector was trained further).
+    An image already in the run's dataset format (e.g. 28x28 gray for an MNIST run) takes
+    exactly the dataset's geometry (28 -> 32 by zero padding); any other image, a photo,
+    takes the documented MNIST-ify path (crop, resize, invert a bright background, stretch).
+    The "input" column says which, and whether the image was inverted.
+
+    The detector's rule is its one stored rule: the 95% (--accept) quantile of the score on
+    the detector's validation images (the first data.val_size of its val_split), fitted once
+    and stored in DETECTOR/thresholds/ (refitted when the detector was trained further); the
+    chicken study reports the same rule.
 
     Examples:
       dgmood predict reports/chicken/runs/cnn-plain-cpu-mnist-* chicken.jpg --plot figs/
       dgmood predict reports/chicken/runs/cnn-plain-cpu-mnist-* chicken.jpg \\
         --detector reports/chicken/runs/vae-bernoulli-cpu-mnist-*
     """
+    from dgmood.predict import predict_files, screen_files
     from dgmood.runs import MODEL_FILE, check_file_sha256
-    from dgmood.studies.chicken import predict_files, screen_files
 
     if expect_sha256 is not None:
         check_file_sha256(run_dir / MODEL_FILE, expect_sha256)
@@ -777,7 +799,8 @@ def predict(
         from dgmood.evaluation.reject import check_detector_data
 
         check_detector_data(run_dir, detector)
-    predictions, figures = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
+    answered = predict_files(run_dir, list(images), invert=invert, plot_dir=plot)
+    predictions, figures = answered.predictions, answered.figures
     screening = None
     if detector is not None:
         screening = screen_files(
@@ -788,7 +811,7 @@ def predict(
             invert=invert,
             sources=_sources(data_dir, mirror, download),
         )
-    columns = ["image", "predicted", "confidence", "softmax over classes 0..K-1"]
+    columns = ["image (input)", "predicted", "confidence", "softmax over classes 0..K-1"]
     if screening is not None:
         columns += ["OOD?", f"{score_name} percentile"]
     table = Table(*columns)
@@ -796,7 +819,7 @@ def predict(
     table.columns[3].overflow = "fold"
     for i, p in enumerate(predictions):
         row = [
-            shown(p.name),
+            f"{shown(p.name)}\n({answered.prepared[i].describe()})",
             str(p.predicted_class),
             f"{p.confidence:.4f}",
             " ".join(f"{v:.3f}" for v in p.probabilities),
@@ -808,6 +831,15 @@ def predict(
             ]
         table.add_row(*row)
     console.print(table)
+    inverted = [
+        p.name for p, prep in zip(predictions, answered.prepared, strict=True) if prep.inverted
+    ]
+    if inverted and invert is None:
+        console.print(
+            f"inverted to white-on-black (bright background): {', '.join(inverted)}; "
+            "--no-invert keeps them as they are",
+            markup=False,
+        )
     if screening is not None:
         rule = screening.rule
         console.print(

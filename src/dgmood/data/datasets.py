@@ -31,7 +31,6 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -297,40 +296,26 @@ def _load_celeba(req: LoadRequest) -> ImageSet:
     return ImageSet("celeba", req.split, torch.from_numpy(out), labels)
 
 
-def _rgb_square(image: Any, size: int) -> Tensor:
-    """Colour photo -> uint8 [3, size, size]: centre crop to a square, then resize."""
-    from PIL import Image
-
-    image = center_crop_square(image.convert("RGB"))
-    image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
-
-
-def user_image_to_tensor(
-    image: Any, channels: int, size: int, invert: bool | None = None
-) -> Tensor:
-    """One user image (PIL) -> uint8 ``[channels, size, size]``, the way every photo goes.
-
-    Gray targets take the MNIST-ify path (:func:`dgmood.data.images.mnistify`: grayscale,
-    centre crop, resize, white-on-black with ``invert=None`` auto-detection, autocontrast);
-    colour targets are centre-cropped and resized.
-    """
-    from dgmood.data.images import mnistify
-
-    if channels == 1:
-        return mnistify(image, size=size, invert=invert)
-    if channels == 3:
-        return _rgb_square(image, size)
-    raise ValueError(f"user images can be made 1- or 3-channel, not {channels}")
-
-
 def load_user_images(
-    paths: list[Path], channels: int, size: int, invert: bool | None = None
+    paths: list[Path],
+    channels: int,
+    size: int,
+    invert: bool | None = None,
+    *,
+    upscale: str = "pad",
+    native_sides: tuple[int, ...] = (),
 ) -> Tensor:
-    """Image files -> uint8 ``[N, channels, size, size]``; a bad file raises one clear error."""
-    from dgmood.data.images import load_image
+    """Image files -> uint8 ``[N, channels, size, size]``; a bad file raises one clear error.
 
-    return torch.stack([user_image_to_tensor(load_image(p), channels, size, invert) for p in paths])
+    Images already in the dataset's format (side ``size`` or one of ``native_sides``) take
+    the dataset's geometry, others the photo route: :func:`dgmood.data.images.prepare_image`.
+    """
+    from dgmood.data.images import prepare_files, stack_pixels
+
+    prepared = prepare_files(
+        paths, channels, size, upscale=upscale, native_sides=native_sides, invert=invert
+    )
+    return stack_pixels(prepared)
 
 
 def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
@@ -346,7 +331,9 @@ def _load_folder(path: Path, req: LoadRequest) -> ImageSet:
         images, files = _readable_images(files, req)
     else:
         try:
-            images = load_user_images(files, req.channels, req.size)
+            images = load_user_images(
+                files, req.channels, req.size, upscale=req.upscale, native_sides=req.native_sides
+            )
         except ImageLoadError as error:
             raise ImageLoadError(
                 f"{error}; pass --skip-unreadable to leave out the files that cannot be read"
@@ -359,7 +346,15 @@ def _readable_images(files: list[Path], req: LoadRequest) -> tuple[Tensor, list[
     images, kept, skipped = [], [], []
     for file in files:
         try:
-            images.append(load_user_images([file], req.channels, req.size))
+            images.append(
+                load_user_images(
+                    [file],
+                    req.channels,
+                    req.size,
+                    upscale=req.upscale,
+                    native_sides=req.native_sides,
+                )
+            )
             kept.append(file)
         except ImageLoadError as error:
             skipped.append(f"{file} ({error})")
@@ -579,6 +574,8 @@ def load_dataset(
     storage: str | None = None,
     memmap_above_bytes: int = MEMMAP_ABOVE_BYTES,
     skip_unreadable: bool = False,
+    upscale: str = "pad",
+    native_sides: tuple[int, ...] = (),
 ) -> ImageSet:
     """Load one split of a dataset as uint8 ``[N, C, H, W]`` at its native size.
 
@@ -587,6 +584,7 @@ def load_dataset(
     :func:`dgmood.data.transforms.match_format` to make sets comparable. ``split`` may be
     ``train-fit`` or ``train-holdout`` (module doc). ``storage``: ``"memory"``, ``"memmap"``
     or ``"auto"`` (default: ``$DGMOOD_STORAGE``, else ``"auto"``); see the module doc.
+    ``upscale``/``native_sides`` only matter for ``folder:PATH`` (see :func:`load_user_images`).
     """
     req = LoadRequest(
         root=resolve_data_dir(data_dir),
@@ -597,6 +595,8 @@ def load_dataset(
         channels=channels,
         size=size,
         skip_unreadable=skip_unreadable,
+        upscale=upscale,
+        native_sides=native_sides,
     )
     if name.startswith("folder:"):
         return _load_folder(Path(name.removeprefix("folder:")).expanduser(), req)

@@ -1,6 +1,20 @@
-"""Any image file -> an MNIST-like uint8 tensor a model can score ("MNIST-ify").
+"""Any image file -> a uint8 tensor in a run's format: the dataset's geometry or "MNIST-ify".
 
-The path, one function a step::
+A file takes one of two routes (:func:`prepare_image`):
+
+- **dataset route**: an image already in the run's native format (square, its side the
+  dataset's own side or the model's, plain 8-bit gray or colour without transparency; e.g.
+  a 28x28 grayscale PNG for a model of MNIST zero-padded to 32x32) goes through exactly what
+  the dataset's images went through (:func:`dgmood.data.transforms.to_channels` and
+  :func:`~dgmood.data.transforms.to_size` with the run's ``upscale``): no crop, no resize
+  to fill the frame, no inversion, no contrast stretch. An in-distribution image saved as a
+  file scores as it does in the dataset.
+- **photo route**: anything else (a photo, a drawing of another size, an image with
+  transparency). Gray models take the MNIST-ify path below; colour models a centre crop and
+  a resize. Whether the photo route inverted an image is reported
+  (:attr:`PreparedImage.inverted`), as ``dgmood predict`` shows.
+
+The photo route for gray models, one function a step::
 
     image = load_image("chicken.jpg")            # PIL image; one clear error if unreadable
     x = mnistify(image, size=32)                 # uint8 [1, 32, 32], white strokes on black
@@ -29,13 +43,17 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from dgmood.data import transforms
 from dgmood.data.errors import DataError
 from dgmood.data.transforms import center_crop_square
 
@@ -153,6 +171,17 @@ def mnistify(
     References:
         "Passing a chicken through an MNIST model" (2018).
     """
+    return _mnistify(image, size, invert, pad_fraction, autocontrast)[0]
+
+
+def _mnistify(
+    image: Image.Image | np.ndarray,
+    size: int,
+    invert: bool | None,
+    pad_fraction: float,
+    autocontrast: bool,
+) -> tuple[Tensor, bool]:
+    """:func:`mnistify` and whether it inverted the image."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     if not 0.0 <= pad_fraction < 0.5:
@@ -179,4 +208,119 @@ def mnistify(
 
     pixels = np.zeros((size, size), dtype=np.uint8)
     pixels[pad : pad + content_side, pad : pad + content_side] = content_pixels
-    return torch.from_numpy(pixels)[None]
+    return torch.from_numpy(pixels)[None], bool(invert)
+
+
+def _rgb_square(image: Image.Image, size: int) -> Tensor:
+    """Colour photo -> uint8 [3, size, size]: centre crop to a square, then resize."""
+    image = center_crop_square(image.convert("RGB"))
+    image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+
+Route = Literal["dataset", "photo"]
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One user image in a run's format, and how it got there."""
+
+    pixels: Tensor  # uint8 [channels, size, size]
+    route: Route  # "dataset": the dataset's own geometry; "photo": crop, resize, MNIST-ify
+    inverted: bool  # made white-on-black (auto-detected bright background, or forced)
+
+    def describe(self) -> str:
+        """A few words for a table: the route, and the inversion if there was one."""
+        return f"{self.route}, inverted" if self.inverted else self.route
+
+
+def native_pixels(image: Image.Image, native_sides: Collection[int]) -> Tensor | None:
+    """uint8 ``[C, H, W]`` of an image already in a dataset's format, else None.
+
+    In the format means: square, its side one of ``native_sides``, plain 8-bit gray (``L``,
+    ``1``) or colour (``RGB``, or a palette) without transparency (an alpha channel that is
+    fully opaque counts as none). Everything else is a photo.
+    """
+    width, height = image.size
+    if width != height or width not in native_sides:
+        return None
+    if "transparency" in image.info:
+        return None
+    if image.mode in ("RGBA", "LA"):
+        if np.asarray(image.getchannel("A")).min() < 255:
+            return None
+        image = image.convert("RGB" if image.mode == "RGBA" else "L")
+    elif image.mode == "P":
+        image = image.convert("RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    if image.mode == "L":
+        return torch.from_numpy(np.array(image, dtype=np.uint8))[None]
+    if image.mode == "RGB":
+        return torch.from_numpy(np.array(image, dtype=np.uint8).transpose(2, 0, 1).copy())
+    return None
+
+
+def prepare_image(
+    image: Image.Image,
+    channels: int,
+    size: int,
+    *,
+    upscale: str = "pad",
+    native_sides: Collection[int] = (),
+    invert: bool | None = None,
+) -> PreparedImage:
+    """One user image (PIL) -> uint8 ``[channels, size, size]`` by the route that fits it.
+
+    An image of side ``size`` or one of ``native_sides`` (the dataset's own side) in plain
+    gray or colour takes the dataset route: channels by
+    :func:`~dgmood.data.transforms.to_channels`, side by
+    :func:`~dgmood.data.transforms.to_size` with ``upscale``, exactly as the dataset's
+    images; it is inverted only when ``invert=True``. Any other image takes the photo route
+    (gray: :func:`mnistify`, with ``invert=None`` auto-detection; colour: centre crop and
+    resize). See the module docstring.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"user images can be made 1- or 3-channel, not {channels}")
+    native = native_pixels(image, {size, *native_sides})
+    if native is not None:
+        if invert:
+            native = 255 - native  # before padding: the border stays the dataset's black
+        pixels = transforms.to_size(transforms.to_channels(native, channels)[None], size, upscale)[
+            0
+        ]
+        return PreparedImage(pixels, "dataset", bool(invert))
+    if channels == 1:
+        pixels, inverted = _mnistify(image, size, invert, 0.0, True)
+        return PreparedImage(pixels, "photo", inverted)
+    return PreparedImage(_rgb_square(image, size), "photo", False)
+
+
+def prepare_files(
+    paths: Sequence[str | Path],
+    channels: int,
+    size: int,
+    *,
+    upscale: str = "pad",
+    native_sides: Collection[int] = (),
+    invert: bool | None = None,
+) -> list[PreparedImage]:
+    """:func:`prepare_image` of each file; an unreadable file raises one :class:`ImageLoadError`."""
+    return [
+        prepare_image(
+            load_image(path),
+            channels,
+            size,
+            upscale=upscale,
+            native_sides=native_sides,
+            invert=invert,
+        )
+        for path in paths
+    ]
+
+
+def stack_pixels(prepared: Sequence[PreparedImage]) -> Tensor:
+    """The images of :func:`prepare_files` as one uint8 ``[N, C, H, W]`` tensor."""
+    if not prepared:
+        raise ValueError("no images given")
+    return torch.stack([p.pixels for p in prepared])

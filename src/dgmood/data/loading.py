@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dgmood.config import DataConfig
-from dgmood.data.datasets import MEMMAP_ABOVE_BYTES, ImageSet, load_dataset
+from dgmood.data.datasets import DATASETS, MEMMAP_ABOVE_BYTES, ImageSet, load_dataset
+from dgmood.data.images import PreparedImage, prepare_files
 from dgmood.data.transforms import match_format
 
 
@@ -46,5 +49,29 @@ class DataSources:
             storage=self.storage,
             memmap_above_bytes=self.memmap_above_bytes,
             skip_unreadable=self.skip_unreadable,
+            upscale=data.upscale,
+            native_sides=native_sides(data),
         )
         return match_format(raw, data.channels, data.image_size, data.upscale)
+
+
+def native_sides(data: DataConfig) -> tuple[int, ...]:
+    """Sides of images already in ``data``'s format: the dataset's own and the model's."""
+    spec = DATASETS.get(data.dataset)
+    return tuple(sorted({data.image_size, *([spec.size] if spec is not None else [])}))
+
+
+def load_files_like(
+    paths: Sequence[str | Path], data: DataConfig, invert: bool | None = None
+) -> list[PreparedImage]:
+    """Image files in the format of ``data``: the dataset's geometry for images already in
+    it (e.g. 28x28 gray for a padded MNIST run), the photo route for the others
+    (:func:`dgmood.data.images.prepare_image`)."""
+    return prepare_files(
+        paths,
+        data.channels,
+        data.image_size,
+        upscale=data.upscale,
+        native_sides=native_sides(data),
+        invert=invert,
+    )

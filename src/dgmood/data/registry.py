@@ -20,6 +20,10 @@ class LoadRequest:
     channels: int  # wanted channels (used only by loaders that must resize on load)
     size: int  # wanted side (idem)
     skip_unreadable: bool = False  # folder:PATH: leave out (and name) files that cannot be read
+    # folders of user images: how a smaller image reaches `size`, and the sides of images
+    # already in the in-distribution dataset's format (they take its geometry, not MNIST-ify)
+    upscale: str = "pad"
+    native_sides: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

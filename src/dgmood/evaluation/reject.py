@@ -180,8 +180,9 @@ def fit_reject_rule(
 ) -> RejectRule:
     """The rule of ``score`` under ``detector_run``, fitted on ``validation`` or reused.
 
-    A score that must be fitted (``needs_fit``) is fitted on ``fit_data`` (in-distribution
-    training images); pass the same :class:`Score` object to :class:`Detector` to score new
+    A score that must be fitted (``needs_fit``) is fitted on ``fit_data``: in-distribution
+    training images, or held-out ones (not ``validation``) for a score with ``fits_on ==
+    "held_out"``; pass the same :class:`Score` object to :class:`Detector` to score new
     inputs with it.
     """
     options = options or ScoringOptions(progress=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -147,7 +147,8 @@ class Capability(StrEnum):
 
     EXACT_LIKELIHOOD = "exact-likelihood"  # log_prob is log p(x) itself (flows, PixelCNN++)
     LIKELIHOOD_BOUND = "likelihood-bound"  # log_prob is a lower bound (a VAE's or diffusion ELBO)
-    STOCHASTIC_LOG_PROB = "stochastic-log-prob"  # log_prob draws random numbers (seeded per block)
+    # log_prob draws random numbers: seeded_log_prob_terms(x, generators) takes them per image
+    STOCHASTIC_LOG_PROB = "stochastic-log-prob"
     IWAE = "iwae"  # iwae_log_prob(x, k): the importance-weighted bound (Burda et al. 2016)
     LATENT_POSTERIOR = "latent-posterior"  # an amortised q(z|x) to refit per image (VAE)
     RECONSTRUCTION = "reconstruction"  # reconstruct(x): x through the model and back
@@ -171,6 +172,16 @@ class ImportanceWeighted(Protocol):
     """:attr:`Capability.IWAE`."""
 
     def iwae_log_prob(self, x: Tensor, k: int) -> Tensor: ...
+
+
+class SeededLogProb(Protocol):
+    """:attr:`Capability.STOCHASTIC_LOG_PROB`: ``log_prob_terms`` (with ``iwae_k > 0`` also
+    ``"iwae_log_prob"``) with image ``b``'s random draws from ``generators[b]`` alone, so an
+    image's score depends neither on the batch nor on its position among the inputs."""
+
+    def seeded_log_prob_terms(
+        self, x: Tensor, generators: Sequence[torch.Generator], iwae_k: int = 0
+    ) -> dict[str, Tensor]: ...
 
 
 class Reconstructs(Protocol):

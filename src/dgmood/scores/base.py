@@ -7,10 +7,11 @@ cached per-sample statistics of the main run (``stats``: ``bits_per_dim``, ``log
 background model, ensemble members), the raw uint8 images, their labels, and the main run
 itself for scores that must run the model (ODIN's input perturbation, likelihood regret).
 
-A score may ``fit`` on in-distribution *training* data (class means, an entropy estimate, a
-one-class model); it never sees an OOD set before ``score``. Auxiliary runs are declared as
-configs derived from the main run's config (:meth:`Score.aux_runs`); studies train or reuse
-them, so a score never trains anything itself.
+A score may ``fit`` on in-distribution data (class means, a one-class model: training
+images; the typical set's entropy and thresholds: held-out images the model never trained
+on, ``fits_on = "held_out"``); it never sees an OOD set before ``score``. Auxiliary runs
+are declared as configs derived from the main run's config (:meth:`Score.aux_runs`);
+studies train or reuse them, so a score never trains anything itself.
 
 Adding a score is one module in ``dgmood/scores/`` with a ``@register_score`` class and one
 import line in ``dgmood/scores/__init__.py``.
@@ -22,15 +23,17 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from dgmood.config import RunConfig
 from dgmood.models.base import Capability, ModelKind
 from dgmood.runs import LoadedRun
 
+FitData = Literal["train", "held_out"]
 Stats = Mapping[str, np.ndarray]
 
 
@@ -66,6 +69,22 @@ class ScoreInput:
             )
         return np.asarray(source[key], dtype=np.float64)
 
+    def subset(self, index: np.ndarray) -> ScoreInput:
+        """The images at ``index`` (integer positions) with their statistics."""
+        rows = np.asarray(index, dtype=np.int64)
+        picked = torch.from_numpy(rows)
+        return ScoreInput(
+            stats={key: np.asarray(value)[rows] for key, value in self.stats.items()},
+            images=self.images[picked],
+            labels=self.labels[picked],
+            run=self.run,
+            aux_stats={
+                name: {key: np.asarray(value)[rows] for key, value in stats.items()}
+                for name, stats in self.aux_stats.items()
+            },
+            label=self.label,
+        )
+
     def require_run(self, score: str) -> LoadedRun:
         if self.run is None:
             raise ValueError(f"score {score!r} runs the model: pass the run in ScoreInput.run")
@@ -83,7 +102,10 @@ class Score(ABC):
     model_kind: ClassVar[ModelKind] = "density"  # the kind of main run it scores with
     needs_stats: ClassVar[tuple[str, ...]] = ()  # statistics the main run must provide
     uses_model: ClassVar[bool] = False  # runs the model itself (slower, not cached)
-    needs_fit: ClassVar[bool] = False  # must see in-distribution training data first
+    needs_fit: ClassVar[bool] = False  # must see in-distribution data first
+    # which in-distribution data `fit` sees: "train" (images the model trained on) or
+    # "held_out" (images it never saw: what a typical-set estimate must come from)
+    fits_on: ClassVar[FitData] = "train"
     # what the main run's model family must be able to do (its FamilySpec's capabilities)
     requires: ClassVar[frozenset[Capability]] = frozenset()
 
@@ -92,7 +114,8 @@ class Score(ABC):
         return {}
 
     def fit(self, train: ScoreInput) -> Score:
-        """Fit on in-distribution training data (default: nothing to fit). Returns self."""
+        """Fit on in-distribution data (training images, or held-out ones when ``fits_on`` is
+        ``"held_out"``; default: nothing to fit). Returns self."""
         return self
 
     @abstractmethod

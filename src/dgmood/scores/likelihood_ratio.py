@@ -7,6 +7,7 @@ References: Ren, Liu, Fertig, Snoek, Poplin, DePristo, Dillon & Lakshminarayanan
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -14,7 +15,22 @@ from dgmood.config import RunConfig
 from dgmood.scores.base import Score, ScoreInput, register_score
 
 DEFAULT_MUTATION_RATE = 0.2  # middle of Ren et al.'s grid {0.1, 0.2, 0.3}
-DEFAULT_WEIGHT_DECAY = 1e-4  # L2 on the background's weights (coupled, as in Adam's weight_decay)
+# L2 on the background's weights as torch's coupled weight_decay (a mild value of our own, not
+# converted from Ren et al.'s lambda: see weight_decay_from_l2_coefficient)
+DEFAULT_WEIGHT_DECAY = 1e-4
+
+
+def weight_decay_from_l2_coefficient(l2_coefficient: float, num_dims: int) -> float:
+    """torch's coupled ``weight_decay`` equal to Ren et al.'s penalty ``lambda |theta|^2``.
+
+    Ren et al. add ``lambda |theta|^2`` to a loss in nats per image (Keras's ``l2(lambda)``);
+    our loss is in bits per dimension, the same loss divided by ``D ln 2``, so the penalty
+    becomes ``lambda / (D ln 2) |theta|^2``. Coupled weight decay ``wd`` adds ``wd * theta``
+    to the gradient, the gradient of ``wd / 2 |theta|^2``; hence ``wd = 2 lambda / (D ln 2)``.
+    """
+    if l2_coefficient < 0 or num_dims < 1:
+        raise ValueError(f"need lambda >= 0 and num_dims >= 1, got {l2_coefficient}, {num_dims}")
+    return 2.0 * l2_coefficient / (num_dims * math.log(2.0))
 
 
 def background_config(config: RunConfig, mutation_rate: float, weight_decay: float) -> RunConfig:

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from dgmood.inference import image_seeds
 from dgmood.io import Progress
 from dgmood.models.base import Capability
-from dgmood.models.latent.posteriors import LatentPosterior
+from dgmood.models.latent.posteriors import Generators, LatentPosterior, standard_normal_noise
 from dgmood.models.latent.vae import VAE
 from dgmood.runs import LoadedRun
 from dgmood.scores.base import Score, ScoreInput, register_score
@@ -43,7 +44,7 @@ def likelihood_regret(
     steps: int = 20,
     lr: float = 1e-3,
     n_samples: int = 4,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """``max_t ELBO(x; phi_t(x)) - ELBO(x; phi)`` per image, shape ``[B]``, in nats (>= 0).
 
@@ -60,9 +61,7 @@ def likelihood_regret(
     batch = x.shape[0]
     shared = {k: v.detach() for k, v in inference.named_parameters()}
     params = {k: v.expand(batch, *v.shape).clone() for k, v in shared.items()}
-    noise = torch.randn(
-        (n_samples, batch, model.latent_dim), generator=generator, dtype=x.dtype
-    ).to(x.device)
+    noise = standard_normal_noise((n_samples, batch, model.latent_dim), x, generator)
 
     def negative_elbo(p: Params, image: Tensor, eps: Tensor) -> Tensor:
         image = image.unsqueeze(0)
@@ -135,15 +134,18 @@ class LikelihoodRegret(Score):
             for start in range(0, len(data), self.batch_size):
                 chunk = data.images[start : start + self.batch_size]
                 x = to_model_input(chunk, model.input_spec, "center").to(device)
-                # noise seeded per chunk start: the same images get the same regret
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + start)
+                # noise seeded per image: an image's regret does not depend on its position
+                generators = [
+                    torch.Generator().manual_seed(seed)
+                    for seed in image_seeds(chunk, self.seed, "likelihood-regret")
+                ]
                 regret = likelihood_regret(
                     model,
                     x,
                     steps=self.steps,
                     lr=self.lr,
                     n_samples=self.n_samples,
-                    generator=generator,
+                    generator=generators,
                 )
                 out.append(regret.cpu().numpy())
                 bar.update(len(chunk))

@@ -46,9 +46,10 @@ def fit_typical_set(
 ) -> TypicalSet:
     """Entropy from the first half of ``train_nll``; thresholds by bootstrap on the second.
 
-    Keeping the halves apart avoids measuring the spread around an estimate fitted on the
-    same images. A batch of M in-distribution images lies outside the threshold with
-    probability about ``alpha``.
+    ``train_nll``: NLLs of held-out in-distribution images (not the model's training
+    images, whose NLL is biased low). Keeping the halves apart avoids measuring the spread
+    around an estimate fitted on the same images. A batch of M in-distribution images lies
+    outside the threshold with probability about ``alpha``.
     """
     values = np.asarray(train_nll, dtype=np.float64)
     if values.size < 4:
@@ -74,8 +75,10 @@ class Typicality(Score):
     """Distance of an image's NLL (bits/dim) from the entropy of in-distribution data.
 
     ``fit`` estimates the entropy and the bootstrap thresholds of the typical set for batch
-    sizes 1, 2, 5, 10, 25 (:attr:`typical_set`); the per-image score is ``|NLL(x) - H|``
-    (M = 1). :meth:`is_atypical` applies the test to a batch.
+    sizes 1, 2, 5, 10, 25 (:attr:`typical_set`) on *held-out* in-distribution images
+    (``fits_on = "held_out"``): a model's NLL on the images it trained on is lower than on new
+    ones, so a typical set fitted there flags in-distribution test batches. The per-image
+    score is ``|NLL(x) - H|`` (M = 1). :meth:`is_atypical` applies the test to a batch.
 
     References: Nalisnick, Matsukawa, Teh & Lakshminarayanan, "Detecting Out-of-Distribution
     Inputs to Deep Generative Models Using Typicality", 2019 (arXiv:1906.02994).
@@ -84,12 +87,14 @@ class Typicality(Score):
     name = "typicality"
     needs_stats = ("bits_per_dim",)
     needs_fit = True
+    fits_on = "held_out"
 
     def __init__(self, alpha: float = 0.01, n_bootstrap: int = 5000, seed: int = 0) -> None:
         self.alpha, self.n_bootstrap, self.seed = alpha, n_bootstrap, seed
         self.typical_set: TypicalSet | None = None
 
     def fit(self, train: ScoreInput) -> Typicality:
+        """Fit on held-out in-distribution statistics (the model never trained on them)."""
         self.typical_set = fit_typical_set(
             negative_log_likelihood(train.stats),
             alpha=self.alpha,

@@ -27,12 +27,14 @@ from pathlib import Path
 from dgmood.config import RunConfig
 from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, compare_scores
 from dgmood.evaluation.compare import prepare_input as prepare
+from dgmood.evaluation.typicality import BatchTestResult, typicality_batch_test
 from dgmood.io import atomic_write_text, progress_enabled
 from dgmood.models.registry import model_kind
 from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.runs import MODEL_FILE, LoadedRun, is_finished, read_metrics, read_model_metadata
 from dgmood.scores.base import Score, make_score, score_names
+from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, register_study
 
 
@@ -44,6 +46,9 @@ class BenchmarkOptions:
     scores: tuple[str, ...] = ()  # empty: every registered score that applies to each model
     train_limit: int = 10_000  # in-distribution training images scored for fits
     iwae_k: int = 0  # VAEs: score with the importance-weighted bound (0 = the ELBO)
+    # batch sizes M of the typicality test on batches (Nalisnick et al. 2019b; empty = none):
+    # fitted on half the in-distribution test set, batches from its other half and the OOD set
+    typicality_batch: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,16 @@ class BenchmarkRow:
     model: str
     comparison: ScoreComparison
     aux_train_seconds: float  # training time of the score's auxiliary runs (0 = none)
+
+
+@dataclass(frozen=True)
+class TypicalityBatchRow:
+    """The typicality test on batches of M images for one model and OOD set."""
+
+    in_dataset: str
+    ood: str
+    model: str
+    result: BatchTestResult
 
 
 def training_seconds(run: LoadedRun) -> float:
@@ -121,11 +136,14 @@ def benchmark_model(
     options: BenchmarkOptions,
     scoring: ScoringOptions,
     sink: BenchmarkSink | None = None,
+    batch_tests: list[TypicalityBatchRow] | None = None,
 ) -> list[BenchmarkRow]:
     """Train or reuse ``model`` on ``in_dataset`` (and aux runs), compare scores on each OOD set.
 
     Each score's rows go to ``sink`` as soon as they are computed; a score that fails is
-    recorded there as a :class:`FailedCell` and the other scores go on.
+    recorded there as a :class:`FailedCell` and the other scores go on. With
+    ``options.typicality_batch``, the typicality batch test's rows are appended to
+    ``batch_tests``.
     """
     sink = sink or BenchmarkSink(ctx.out_dir)
     run = ctx.obtain_model(model, in_dataset)
@@ -173,6 +191,16 @@ def benchmark_model(
         ]
         rows += cells
         sink.add(cells)
+    if options.typicality_batch and batch_tests is not None:
+        for label, ood_input in ood_inputs.items():
+            batch_tests += [
+                TypicalityBatchRow(in_dataset, label, model, result)
+                for result in typicality_batch_test(
+                    negative_log_likelihood(in_test.stats),
+                    negative_log_likelihood(ood_input.stats),
+                    options.typicality_batch,
+                )
+            ]
     return rows
 
 
@@ -298,6 +326,42 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
     )
 
 
+def typicality_batch_table(rows: Sequence[TypicalityBatchRow]) -> Table:
+    """The typicality test on batches of M images: AUROC and the share of batches flagged."""
+    return Table(
+        name="typicality_batch",
+        title="Typicality test on batches of M images (Nalisnick et al. 2019b)",
+        columns=[
+            "in-distribution",
+            "OOD",
+            "model",
+            "M",
+            "AUROC",
+            "threshold (bits/dim)",
+            "in-distribution batches flagged",
+            "OOD batches flagged",
+        ],
+        rows=[
+            [
+                r.in_dataset,
+                r.ood,
+                r.model,
+                r.result.batch_size,
+                r.result.auroc,
+                r.result.threshold,
+                r.result.in_flagged,
+                r.result.ood_flagged,
+            ]
+            for r in rows
+        ],
+        caption="Score of a batch: |mean NLL of its M images - H|. The entropy H and the "
+        "bootstrap thresholds (alpha = 0.01) come from the first half of the in-distribution "
+        "test set (held out: the model never trained on it); 1,000 batches per M are drawn "
+        "from its second half and from the OOD set. In-distribution batches flagged should "
+        "be about alpha.",
+    )
+
+
 def best_per_pair(rows: Sequence[BenchmarkRow]) -> list[BenchmarkRow]:
     best: dict[tuple[str, str], BenchmarkRow] = {}
     for r in rows:
@@ -343,12 +407,17 @@ class Benchmark(Study[BenchmarkOptions]):
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         sink = BenchmarkSink(ctx.out_dir)
         rows: list[BenchmarkRow] = []
+        batch_tests: list[TypicalityBatchRow] = []
+        if any(m < 1 for m in o.typicality_batch):
+            raise ValueError(f"typicality batch sizes must be >= 1, got {o.typicality_batch}")
         runs: dict[str, str] = {}
         with progress_enabled(ctx.progress):
             for in_dataset in o.in_datasets:
                 ood = [name for name in o.ood if name != in_dataset]
                 for model in o.models:
-                    rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring, sink)
+                    rows += benchmark_model(
+                        ctx, in_dataset, model, ood, o, scoring, sink, batch_tests
+                    )
                     config = ctx.run_config(model, in_dataset)
                     runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
         missing = (
@@ -365,10 +434,13 @@ class Benchmark(Study[BenchmarkOptions]):
                 + "; ".join(f"{f.score} under {f.model} on {f.in_dataset}" for f in sink.failures)
                 + "."
             )
+        tables = sink.tables()
+        if batch_tests:
+            tables.append(typicality_batch_table(batch_tests))
         return self.result(
             ctx,
             finding,
-            tables=sink.tables(),
+            tables=tables,
             runs=runs,
             data={
                 "rows": [
@@ -382,6 +454,10 @@ class Benchmark(Study[BenchmarkOptions]):
                         **r.comparison.metrics.to_dict(),
                     }
                     for r in rows
+                ],
+                "typicality_batch": [
+                    {"in_dataset": r.in_dataset, "ood": r.ood, "model": r.model, **vars(r.result)}
+                    for r in batch_tests
                 ],
                 "best": [
                     {

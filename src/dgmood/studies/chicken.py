@@ -19,12 +19,15 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor
 
+from dgmood.config import DataConfig
+from dgmood.data.images import stack_pixels
 from dgmood.data.imageset import ImageSet
-from dgmood.data.loading import DataSources
+from dgmood.data.loading import load_files_like
 from dgmood.evaluation.compare import ScoringOptions, compare_scores, prepare_input
-from dgmood.evaluation.reject import Detector, RejectRule, make_detector
+from dgmood.evaluation.reject import Detector, RejectRule
 from dgmood.inference import PhotoPrediction, classify_images
 from dgmood.models.base import ModelKind
+from dgmood.predict import run_detector
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import LoadedRun
 from dgmood.scores.base import make_score, score_names
@@ -108,7 +111,6 @@ class Chicken(Study[ChickenOptions]):
     Options = ChickenOptions
 
     def run(self, ctx: StudyContext) -> StudyResult:
-        from dgmood.data.datasets import load_user_images
         from dgmood.reporting import classifier_plots as plots
 
         o = self.options
@@ -160,7 +162,7 @@ class Chicken(Study[ChickenOptions]):
                 ]
 
         photo_files = [Path(p) for p in o.photos] or write_bundled_photos(ctx.out_dir / "photos")
-        photo_images = load_user_images(photo_files, data.channels, data.image_size)
+        photo_images = stack_pixels(load_files_like(photo_files, data))
         predictions = classify_images(
             classifier.classifier(), photo_images, [p.stem for p in photo_files]
         )
@@ -213,14 +215,14 @@ class Chicken(Study[ChickenOptions]):
         reject: dict[str, Any] = {}
         if "vae" in runs:
             with ctx.timed("reject rule"):
+                detector = run_detector(runs["vae"], o.reject_score, o.reject_accept, ctx.sources)
+                held_out = held_out_mnist(ctx, detector.rule, data)
+                c_held_out = prepare_input(classifier, held_out, options=scoring)
                 table, reject = reject_rule_outcome(
-                    runs["vae"],
-                    mnist,
-                    correct,
+                    detector,
+                    held_out,
+                    c_held_out.stat("logits").argmax(1) == held_out.labels.numpy(),
                     {"FashionMNIST test": fashion.images, "photos": photo_images},
-                    o.reject_score,
-                    o.reject_accept,
-                    fit_data=train,
                 )
             tables.append(table)
 
@@ -298,128 +300,42 @@ class Chicken(Study[ChickenOptions]):
         ]
 
 
-def predict_files(
-    run_dir: Path,
-    paths: list[Path],
-    *,
-    invert: bool | None = None,
-    plot_dir: Path | None = None,
-) -> tuple[list[PhotoPrediction], list[Path]]:
-    """Class probabilities of image files under a classifier run (``dgmood predict``).
-
-    Each file takes the documented MNIST-ify path (:mod:`dgmood.data.images`), exactly as the
-    chicken study's photos do; with ``plot_dir``, the post's figure per image is written.
-    """
-    from dgmood.data.datasets import load_user_images
-    from dgmood.reporting.classifier_plots import plot_class_probabilities
-    from dgmood.runs import load_run
-
-    run = load_run(run_dir)
-    model = run.classifier()
-    data = run.config.data
-    images = load_user_images(paths, data.channels, data.image_size, invert)
-    predictions = classify_images(model, images, [p.name for p in paths])
-    figures = []
-    if plot_dir is not None:
-        for path, image, p in zip(paths, images, predictions, strict=True):
-            figures.append(
-                plot_class_probabilities(
-                    np.asarray(p.probabilities),
-                    plot_dir / f"{path.stem}_probabilities.png",
-                    image=image.numpy(),
-                    title=path.name,
-                )
-            )
-    return predictions, figures
-
-
 # --- the post's "simple algorithm": predict only when the VAE finds the input probable -----
 
 
-@dataclass(frozen=True)
-class Screening:
-    """A detector's verdict on some inputs (``dgmood predict --detector``)."""
+def held_out_mnist(ctx: StudyContext, rule: RejectRule, data: DataConfig) -> ImageSet:
+    """MNIST test images the reject rule was not fitted on (capped at ``ctx.limit``).
 
-    rule: RejectRule
-    path: Path  # where the rule is stored in the detector's run
-    scores: np.ndarray
-    rejected: np.ndarray  # bool per input
-    percentile: np.ndarray  # % of in-distribution validation images scoring at most as high
-
-
-def default_detector(
-    run: LoadedRun,
-    score: str = "nll",
-    accept: float = 0.95,
-    sources: DataSources | None = None,
-    fit_limit: int = 10_000,
-) -> Detector:
-    """The reject rule of a density run fitted on its own validation images.
-
-    Validation images: the first ``val_size`` of the run's ``val_split`` (the images it was
-    validated on while training); a score that must be fitted sees up to ``fit_limit`` of its
-    training images.
+    The rule is fitted on the detector's validation images, the first ``rule.n`` of its
+    validation split: when that split is MNIST test, the held-out images are the ones after.
     """
-    from dgmood.scores.base import make_score
-
-    sources = sources or DataSources()
-    data = run.config.data
-    chosen = make_score(score)
-    validation = sources.load_like(data.dataset, data.val_split, data).head(data.val_size)
-    fit_data = (
-        sources.load_like(data.dataset, data.train_split, data).head(fit_limit)
-        if chosen.needs_fit
-        else None
-    )
-    return make_detector(run, chosen, validation, accept, fit_data=fit_data)
-
-
-def screen_files(
-    detector_dir: Path,
-    paths: list[Path],
-    score: str = "nll",
-    accept: float = 0.95,
-    *,
-    invert: bool | None = None,
-    sources: DataSources | None = None,
-) -> Screening:
-    """Whether the density run in ``detector_dir`` rejects each image file as OOD."""
-    from dgmood.data.datasets import load_user_images
-    from dgmood.runs import load_run
-
-    run = load_run(detector_dir)
-    run.density_model()
-    detector = default_detector(run, score, accept, sources)
-    data = run.config.data
-    images = load_user_images(paths, data.channels, data.image_size, invert)
-    values, rejected, percentile = detector.screen(images)
-    return Screening(detector.rule, detector.path, values, rejected, percentile)
+    test = ctx.sources.load_like("mnist", "test", data)
+    skip = rule.n if rule.validation == test.label else 0
+    if skip >= len(test):
+        raise ValueError(
+            f"no MNIST test image is left to measure the reject rule on: its {rule.n} "
+            f"validation images are the first {rule.n} of the {len(test)}"
+        )
+    return test.with_images(test.images[skip:], test.labels[skip:]).head(ctx.limit)
 
 
 def reject_rule_outcome(
-    detector_run: LoadedRun,
-    mnist: ImageSet,
+    detector: Detector,
+    held_out: ImageSet,
     correct: np.ndarray,
     others: dict[str, Tensor],
-    score: str = "nll",
-    accept: float = 0.95,
-    *,
-    fit_data: ImageSet | None = None,
 ) -> tuple[Table, dict[str, Any]]:
-    """The rule fitted on the first half of MNIST test; what it rejects of the rest and others.
+    """What the detector's one rule (:func:`dgmood.predict.run_detector`, the rule ``dgmood
+    predict --detector`` applies) rejects of MNIST test images it was not fitted on
+    (``held_out``, :func:`held_out_mnist`) and of the other sets.
 
-    ``correct`` says which MNIST test images the classifier gets right, so that the accuracy
-    on the images the rule keeps can be compared with the accuracy on all of them.
+    ``correct`` says which ``held_out`` images the classifier gets right, so that the
+    accuracy on the images the rule keeps can be compared with the accuracy on all of them.
     """
-    half = len(mnist) // 2
-    if half < 1:
-        raise ValueError("the reject rule needs at least 2 MNIST test images")
-    validation = mnist.head(half)
-    held_out = ImageSet(mnist.name, mnist.split, mnist.images[half:], mnist.labels[half:])
-    detector = make_detector(detector_run, score, validation, accept, fit_data=fit_data)
+    rule = detector.rule
     rejected_mnist, _ = detector.screen(held_out.images)[1:]
     kept = ~rejected_mnist
-    correct_held_out = np.asarray(correct, dtype=bool)[half:]
+    correct_held_out = np.asarray(correct, dtype=bool)
     rows: list[list[Cell]] = [
         [
             "MNIST test (held out)",
@@ -435,17 +351,16 @@ def reject_rule_outcome(
         flags = detector.screen(images)[1]
         rejected[label] = float(flags.mean())
         rows.append([label, len(images), int(flags.sum()), rejected[label], None, None])
-    rule = detector.rule
     table = Table(
         "reject_rule",
         "Predict only when the VAE finds the input probable (the post's simple algorithm)",
         ["set", "n", "rejected", "rejected (share)", "CNN accuracy on kept", "CNN accuracy on all"],
         rows,
         caption=f"Reject when the VAE's {rule.score} score exceeds {rule.threshold:.4g}, the "
-        f"{rule.accept:.0%} quantile of its scores on the first {rule.n} MNIST test images "
-        "(so about "
-        f"{1 - rule.accept:.0%} of MNIST is rejected by design); measured on the other MNIST "
-        "test images, FashionMNIST and the photos.",
+        f"{rule.accept:.0%} quantile of its scores on its {rule.n} validation images (the "
+        f"first {rule.n} of {rule.validation}; so about {1 - rule.accept:.0%} of MNIST is "
+        "rejected by design): the rule `dgmood predict --detector` applies, stored in the "
+        "VAE's run. Measured on the other MNIST test images, FashionMNIST and the photos.",
     )
     return table, {
         "score": rule.score,

@@ -185,13 +185,14 @@ class ChickenGrid(Study[ChickenGridOptions]):
     ) -> list[dict[str, Any]]:
         """One record per test-time input scale: MNIST accuracy, FashionMNIST fractions,
         their distance to the post's, the most confident photo."""
-        from dgmood.data.datasets import load_user_images
+        from dgmood.data.images import stack_pixels
+        from dgmood.data.loading import load_files_like
 
         model = run.classifier()
         data = run.config.data
         mnist = ctx.load_set("mnist", "test", data)
         fashion = ctx.load_set("fashion-mnist", "test", data)
-        photos = load_user_images(photo_files, data.channels, data.image_size)
+        photos = stack_pixels(load_files_like(photo_files, data))  # as the chicken study
         records = []
         for scale in self.options.test_scale:
             with ctx.timed("score sets"):

@@ -308,9 +308,10 @@ class CVGlow(Study[CVGlowOptions]):
             for label, value in rows
         ]
         q_label, p_label = q_set.label, p_set.label
+        trained_on = f"{data.dataset}-{data.train_split}"  # the run's training images
         table = Table(
             "second_order",
-            f"Likelihood gap {q_label} minus {p_label} under a CV-Glow trained on {p_label}",
+            f"Likelihood gap {q_label} minus {p_label} under a CV-Glow trained on {trained_on}",
             ["quantity", "nats per image", "bits per dim", "same sign as measured"],
             table_rows,
             caption=(

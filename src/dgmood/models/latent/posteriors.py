@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +21,31 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z.square() + math.log(2.0 * math.pi)).sum(-1)
 
 
+# one generator for the whole draw, or one per image (column b of a [S, B, L] draw)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 def standard_normal_noise(
-    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
+    shape: tuple[int, ...], like: Tensor, generator: Generators = None
 ) -> Tensor:
-    """Seeded N(0, I) noise with ``like``'s dtype and device (drawn on the generator's device)."""
+    """Seeded N(0, I) noise with ``like``'s dtype and device (drawn on the generator's device).
+
+    With one generator per image (a sequence of ``B`` for a ``[S, B, L]`` shape), image
+    ``b``'s ``S x L`` values come from ``generator[b]`` alone, drawn at once: an image's draws
+    do not depend on the other images of the batch.
+    """
     if generator is None:
         return torch.randn(shape, dtype=like.dtype, device=like.device)
-    noise = torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
-    return noise.to(like.device)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
+        return noise.to(like.device)
+    if len(shape) != 3 or shape[1] != len(generator):
+        raise ValueError(f"one generator per image needs a [S, B, L] shape, got {shape}")
+    columns = [
+        torch.randn((shape[0], shape[2]), generator=g, dtype=like.dtype, device=g.device)
+        for g in generator
+    ]
+    return torch.stack(columns, dim=1).to(like.device)
 
 
 class LatentPosterior(nn.Module, ABC):
@@ -44,7 +62,7 @@ class LatentPosterior(nn.Module, ABC):
         """A deterministic point of q(z | x) (the image of zero noise), shape ``[B, L]``."""
 
     def rsample_and_log_prob(
-        self, features: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
+        self, features: Tensor, n_samples: int = 1, generator: Generators = None
     ) -> tuple[Tensor, Tensor]:
         """``n_samples`` reparameterised latents per image and their log density under q."""
         shape = (n_samples, features.shape[0], self.latent_dim)

@@ -8,7 +8,7 @@ decoder likelihood here is discrete), with its breakdown ``reconstruction - kl``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -21,6 +21,7 @@ from dgmood.models.latent.likelihoods import LIKELIHOODS, PixelLikelihood
 from dgmood.models.latent.networks import ConvDecoder, ConvEncoder
 from dgmood.models.latent.posteriors import (
     GaussianPosterior,
+    Generators,
     LatentPosterior,
     RealNVPPosterior,
     standard_normal_log_prob,
@@ -105,9 +106,13 @@ class VAE(DensityModel):
         return self.likelihood.log_prob(params, repeated).view(n_samples, batch)
 
     def log_prob_terms(
-        self, x: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
+        self, x: Tensor, n_samples: int | None = None, generator: Generators = None
     ) -> dict[str, Tensor]:
-        """Per-sample ELBO and its breakdown; ``n_samples`` defaults to the config's."""
+        """Per-sample ELBO and its breakdown; ``n_samples`` defaults to the config's.
+
+        ``generator``: one for the batch, or one per image (see
+        :func:`~dgmood.models.latent.posteriors.standard_normal_noise`).
+        """
         features = self.encode(x)
         z, log_q = self.posterior.rsample_and_log_prob(
             features, n_samples or self.n_samples, generator
@@ -122,7 +127,7 @@ class VAE(DensityModel):
         x: Tensor,
         k: int,
         max_decoded_images: int = 128,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> Tensor:
         """Importance-weighted bound ``log (1/k) sum_i p(x, z_i) / q(z_i | x)``, shape ``[B]``.
 
@@ -136,13 +141,36 @@ class VAE(DensityModel):
             raise ValueError(f"the IWAE bound needs k >= 1 importance samples, got {k}")
         features = self.encode(x)
         samples_per_chunk = max(1, max_decoded_images // x.shape[0])
+        # one generator per image: all k draws of an image at once, so that they do not
+        # depend on the chunking (which depends on the batch size)
+        per_image = generator is not None and not isinstance(generator, torch.Generator)
+        noise = (
+            standard_normal_noise((k, x.shape[0], self.latent_dim), features, generator)
+            if per_image
+            else None
+        )
         chunk_log_sum_exps = []
         for start in range(0, k, samples_per_chunk):
             n_samples = min(samples_per_chunk, k - start)
-            z, log_q = self.posterior.rsample_and_log_prob(features, n_samples, generator)
+            if noise is not None:
+                z, log_q = self.posterior.transform_noise(
+                    features, noise[start : start + n_samples]
+                )
+            else:
+                z, log_q = self.posterior.rsample_and_log_prob(features, n_samples, generator)
             log_weights = self._reconstruction_log_prob(x, z) + standard_normal_log_prob(z) - log_q
             chunk_log_sum_exps.append(torch.logsumexp(log_weights, dim=0))
         return torch.logsumexp(torch.stack(chunk_log_sum_exps), dim=0) - math.log(k)
+
+    def seeded_log_prob_terms(
+        self, x: Tensor, generators: Sequence[torch.Generator], iwae_k: int = 0
+    ) -> dict[str, Tensor]:
+        """:meth:`log_prob_terms` (and the IWAE bound with ``iwae_k`` samples) with image
+        ``b``'s latent draws from ``generators[b]`` alone."""
+        terms = self.log_prob_terms(x, generator=generators)
+        if iwae_k > 0:
+            terms["iwae_log_prob"] = self.iwae_log_prob(x, iwae_k, generator=generators)
+        return terms
 
     def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ``reconstruction - beta * kl`` in bits/dim (the negative ELBO at beta=1)."""
