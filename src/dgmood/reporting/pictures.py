@@ -174,3 +174,51 @@ def plot_training_curve(
     if title:
         figure.suptitle(title, fontsize=10)
     return save_figure(figure, out_path)
+
+
+@styled
+def plot_pixel_maps(
+    maps: Mapping[str, tuple[np.ndarray, np.ndarray]], out_path: Path, title: str = ""
+) -> Path:
+    """Per set (rows): the per-pixel mean and variance of every channel (columns).
+
+    ``maps`` is ``{set: (mean [C, H, W], variance [C, H, W])}`` on pixels scaled to [0, 1].
+    Means share the scale 0-1, variances 0 to the largest variance of any set, so that the
+    sets compare at a glance; each column ends in its colour bar.
+    """
+    if not maps:
+        raise ValueError("plot_pixel_maps needs at least one set")
+    channels = {m.shape[0] for m, _ in maps.values()}
+    if len(channels) != 1:
+        raise ValueError(f"every set needs the same channels, got {sorted(channels)}")
+    (n_channels,) = channels
+    names = ("R", "G", "B") if n_channels == 3 else tuple(str(c) for c in range(n_channels))
+    top = max(float(np.max(v)) for _, v in maps.values()) or 1.0
+    columns = 2 * n_channels
+    figure = Figure(figsize=(1.6 * columns + 1.5, 1.5 * len(maps) + 0.8), layout="constrained")
+    axes = figure.subplots(len(maps), columns, squeeze=False)
+    images = []
+    for r, (label, (mean, variance)) in enumerate(maps.items()):
+        for c in range(n_channels):
+            for kind, values, vmax, column in (
+                ("mean", mean, 1.0, c),
+                ("variance", variance, top, n_channels + c),
+            ):
+                ax = axes[r, column]
+                images.append(
+                    ax.imshow(values[c], vmin=0.0, vmax=vmax, cmap="viridis", interpolation="nearest")
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                if r == 0:
+                    channel = f" {names[c]}" if n_channels > 1 else ""
+                    ax.set_title(f"{kind}{channel}", fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    figure.colorbar(images[0], ax=axes[:, :n_channels].ravel().tolist(), shrink=0.6, label="mean")
+    figure.colorbar(
+        images[1], ax=axes[:, n_channels:].ravel().tolist(), shrink=0.6, label="variance"
+    )
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return save_figure(figure, out_path)
