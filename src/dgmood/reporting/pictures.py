@@ -206,7 +206,9 @@ def plot_pixel_maps(
             ):
                 ax = axes[r, column]
                 images.append(
-                    ax.imshow(values[c], vmin=0.0, vmax=vmax, cmap="viridis", interpolation="nearest")
+                    ax.imshow(
+                        values[c], vmin=0.0, vmax=vmax, cmap="viridis", interpolation="nearest"
+                    )
                 )
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -22,7 +22,10 @@ from dgmood.evaluation.compare import prepare_input as prepare
 from dgmood.reporting.result import Cell, StudyResult, Table
 from dgmood.runs import LoadedRun, read_metrics
 from dgmood.scores.base import Score, make_score, score_names
+from dgmood.scores.compressor import MODEL_FREE_MODEL
 from dgmood.studies.base import Study, StudyContext, register_study
+from dgmood.studies.model_free import model_free_comparisons, model_free_scores
+from dgmood.studies.published import MeasuredAUROC, published_table
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class BenchmarkOptions:
     scores: tuple[str, ...] = ()  # empty: every registered score that applies to each model
     train_limit: int = 10_000  # in-distribution training images scored for fits
     iwae_k: int = 0  # VAEs: score with the importance-weighted bound (0 = the ELBO)
+    # model-free scores shown once per pair as the pseudo-model "none" (with any named in
+    # `scores`): how much of a model-based score's win the images alone already give
+    baselines: tuple[str, ...] = ("compressor-png",)
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,12 @@ def training_seconds(run: LoadedRun) -> float:
 def applicable_scores(run: LoadedRun, names: Sequence[str], stats_keys: set[str]) -> list[Score]:
     """Named scores (or every registered one) that apply to ``run`` and find their statistics."""
     candidates = [make_score(n) for n in (names or score_names())]
-    return [s for s in candidates if s.applies_to(run) and set(s.needs_stats) <= stats_keys]
+    return [
+        s
+        for s in candidates
+        # a model-free score has its own row per pair (dgmood.studies.model_free)
+        if not s.model_free and s.applies_to(run) and set(s.needs_stats) <= stats_keys
+    ]
 
 
 def benchmark_model(
@@ -155,7 +166,8 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
             "n OOD",
         ],
         rows=cells,
-        caption="Higher score = more OOD; rows sorted by AUROC within each pair. AUROC with a "
+        caption="Higher score = more OOD; rows sorted by AUROC within each pair. Model 'none': "
+        "a model-free score (the compressor alone, -L(x)), the same for every model. AUROC with a "
         "bootstrap 95% confidence interval. FPR@95TPR: fraction of OOD images accepted when "
         "95% of in-distribution test images are accepted (Hendrycks & Gimpel, OpenOOD). "
         "ms per image: computing the score from the model's cached per-sample statistics "
@@ -212,15 +224,37 @@ class Benchmark(Study[BenchmarkOptions]):
                 rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring)
                 config = ctx.run_config(model, in_dataset)
                 runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+            baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
+            like = ctx.configure(ctx.run_config(o.models[0], in_dataset)).data
+            rows += [
+                BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0)
+                for c in model_free_comparisons(ctx, in_dataset, ood, baselines, like)
+            ]
         missing = set(o.scores) - {r.comparison.score for r in rows}
         if o.scores and missing:
             raise ValueError(
                 f"score(s) {sorted(missing)} apply to none of the models {list(o.models)}"
             )
+        tables = [benchmark_table(rows)]
+        published = published_table(
+            [
+                MeasuredAUROC(
+                    r.in_dataset,
+                    r.ood,
+                    r.model,
+                    r.comparison.score,
+                    r.comparison.metrics.auroc,
+                    *r.comparison.metrics.ci.get("auroc", (float("nan"), float("nan"))),
+                )
+                for r in rows
+            ]
+        )
+        if published is not None:
+            tables.append(published)
         return self.result(
             ctx,
             benchmark_finding(rows),
-            tables=[benchmark_table(rows)],
+            tables=tables,
             runs=runs,
             data={
                 "rows": [

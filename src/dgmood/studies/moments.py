@@ -169,7 +169,10 @@ class Moments(Study[MomentsOptions]):
             tables.append(channel_table)
             data["variance_sums_per_channel"] = sums
             maps = {
-                label: (means[label].reshape(shapes[label]), variances[label].reshape(shapes[label]))
+                label: (
+                    means[label].reshape(shapes[label]),
+                    variances[label].reshape(shapes[label]),
+                )
                 for label in means
             }
             path = plot_pixel_maps(maps, ctx.out_dir / "pixel_maps.png")
