@@ -401,7 +401,8 @@ def set_table(a: SetAnalysis, p_label: str, num_dims: float, single: bool) -> Ta
             f"{p_label}; H, g: exact Hessian and gradient of log p(x) at x0. "
             "sum_{h,w}(sigma^2_q - sigma^2_p*) per input channel: "
             + ", ".join(f"{v:.2f}" for v in a.variance_sums)
-            + " (input scale [-0.5, 0.5], the same numbers as pixels in [0, 1])."
+            + " (the model's input scale, (k + 1/2)/256 - 1/2 for a pixel k; pixels scaled to "
+            "[0, 1] as k/255 give (256/255)^2, 0.8%, larger numbers)."
         ),
     )
 
@@ -441,7 +442,8 @@ def summary_table(analyses: list[SetAnalysis], p_label: str, num_dims: float) ->
         ],
         rows,
         caption="Positive = q gets higher likelihood than p*'s test images. Variance sums on "
-        "the input scale [-0.5, 0.5] (equal to pixels in [0, 1]); one table per set below "
+        "the model's input scale (k + 1/2)/256 - 1/2 (pixels k/255 in [0, 1] give 0.8% larger "
+        "numbers); one table per set below "
         "gives every term.",
     )
 

@@ -15,7 +15,8 @@ sum over pixels of ``sigma^2_set - sigma^2_reference``: the second moments the p
 CV-Glow formula weighs by ``alpha_c^2`` (:mod:`dgmood.studies.cv_glow`). Its talk gives 12.3,
 6.5 and 14.5 for CIFAR-10 and SVHN without units or sign convention; the formula's
 ``>= 0`` makes them CIFAR-10 minus SVHN. Here the sums are OOD minus reference, on pixels
-scaled to [0, 1] (the same numbers on a flow's [-0.5, 0.5] input scale), and on [0, 255]
+scaled to [0, 1] as k/255 (a flow's input (k + 1/2)/256 - 1/2 gives (255/256)^2 of them,
+0.8% less), and on [0, 255]
 (times 255^2). A figure shows the per-pixel mean and variance maps of every channel.
 
 References: Nalisnick et al., "Do Deep Generative Models Know What They Don't Know?",
@@ -253,8 +254,9 @@ def channel_moments_table(
         caption="The sums are the second-moment factors of the paper's CV-Glow formula, "
         "sum_c alpha_c^2 sum_{h,w}(sigma^2_q - sigma^2_p*), with q = the set and p* = "
         f"{reference}: negative = the set varies less than {reference} (the paper's case for "
-        "a set that gets higher likelihood). Pixels in [0, 1] give the same numbers as a "
-        "flow's [-0.5, 0.5] input scale; the [0, 255] column is 255^2 times larger. For "
+        "a set that gets higher likelihood). Pixels k/255 in [0, 1]; a flow's input scale "
+        "(k + 1/2)/256 - 1/2 gives (255/256)^2 of these (0.8% less, as the cv-glow study "
+        "reports them); the [0, 255] column is 255^2 times larger. For "
         "comparison, the paper's talk gives 12.3, 6.5, 14.5 (R, G, B; no units stated) for "
         "CIFAR-10 minus SVHN, i.e. -12.3, -6.5, -14.5 in this table's direction (SVHN minus "
         "CIFAR-10).",
