@@ -24,7 +24,11 @@ from dgmood.runs import LoadedRun, read_metrics
 from dgmood.scores.base import Score, make_score, score_names
 from dgmood.scores.compressor import MODEL_FREE_MODEL
 from dgmood.studies.base import Study, StudyContext, register_study
-from dgmood.studies.model_free import model_free_comparisons, model_free_scores
+from dgmood.studies.model_free import (
+    model_free_comparisons,
+    model_free_format,
+    model_free_scores,
+)
 from dgmood.studies.published import MeasuredAUROC, published_table
 
 
@@ -209,8 +213,13 @@ class Benchmark(Study[BenchmarkOptions]):
 
     def run(self, ctx: StudyContext) -> StudyResult:
         o = self.options
-        if not o.in_datasets or not o.models:
-            raise ValueError("the benchmark needs at least one in-distribution dataset and model")
+        if not o.in_datasets:
+            raise ValueError("the benchmark needs at least one in-distribution dataset")
+        if not o.models and not model_free_scores(o.baselines + o.scores):
+            raise ValueError(
+                "the benchmark needs at least one model, or a model-free score alone "
+                "(-o 'models=[]' -o 'baselines=[compressor-png]')"
+            )
         for name in o.scores:
             make_score(name)  # an unknown name fails before any training
         scoring = ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress)
@@ -225,7 +234,7 @@ class Benchmark(Study[BenchmarkOptions]):
                 config = ctx.run_config(model, in_dataset)
                 runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
             baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
-            like = ctx.configure(ctx.run_config(o.models[0], in_dataset)).data
+            like = model_free_format(ctx, in_dataset, o.models)
             rows += [
                 BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0)
                 for c in model_free_comparisons(ctx, in_dataset, ood, baselines, like)

@@ -150,8 +150,12 @@ class Chicken(Study[ChickenOptions]):
                 vae_scores = [
                     s
                     for s in map(make_score, score_names("density"))
-                    # likelihood regret (uses_model) costs seconds per image: only when named
-                    if s.applies_to(vae) and not s.aux_runs(vae.config) and not s.uses_model
+                    # likelihood regret (uses_model) costs seconds per image: only when named;
+                    # a model-free score is no "vae" score
+                    if s.applies_to(vae)
+                    and not s.aux_runs(vae.config)
+                    and not s.uses_model
+                    and not s.model_free
                 ]
                 comparisons += [
                     replace(c, score=f"vae {c.score}")

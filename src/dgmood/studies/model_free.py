@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dgmood.config import DataConfig
+from dgmood.data.datasets import DATASETS
 from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoreComparison, compare_scores
 from dgmood.scores.base import Score, ScoreInput, make_score, score_names
@@ -30,6 +31,16 @@ def model_free_scores(names: Sequence[str]) -> list[Score]:
     """The model-free scores among ``names`` (every registered one when ``names`` is empty)."""
     scores = [make_score(n) for n in (names or score_names())]
     return [s for s in scores if s.model_free]
+
+
+def model_free_format(ctx: StudyContext, in_dataset: str, models: Sequence[str]) -> DataConfig:
+    """The image format of a grid's runs on ``in_dataset`` (its first model's data config),
+    or, for a grid of model-free scores alone, the format any run on it would have: native
+    channels at 32x32 (28x28 sets zero-padded)."""
+    if models:
+        return ctx.configure(ctx.run_config(models[0], in_dataset)).data
+    channels = DATASETS[in_dataset].channels if in_dataset in DATASETS else 3
+    return DataConfig(dataset=in_dataset, channels=channels)
 
 
 def model_free_comparisons(
