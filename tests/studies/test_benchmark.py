@@ -163,6 +163,9 @@ def test_benchmark_cli_tiny_grid_with_a_folder_and_an_aux_score(
     for name in ("glow-tiny-fashion-mnist", "vae-tiny-fashion-mnist"):
         assert (find_run(out / "runs", name) / "model.safetensors").exists(), name
     assert (out / "benchmark.md").read_text().startswith("| in-distribution | OOD | model |")
+    for model in ("glow", "vae"):  # each model's samples and training curve in the report
+        for kind in ("samples", "training"):
+            assert (out / f"{kind}_fashion-mnist-{model}.png").stat().st_size > 5_000
     saved = json.loads((out / "result.json").read_text())
     best = {b["ood"]: b for b in saved["data"]["best"]}
     assert set(best) == oods

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from dgmood.config import RunConfig
 from dgmood.evaluation.compare import ScoreComparison, ScoringOptions, compare_scores
 from dgmood.evaluation.compare import prepare_input as prepare
-from dgmood.reporting.result import Cell, StudyResult, Table
+from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import LoadedRun, read_metrics
 from dgmood.scores.base import Score, make_score, score_names
 from dgmood.scores.compressor import MODEL_FREE_MODEL
@@ -29,6 +29,7 @@ from dgmood.studies.model_free import (
     model_free_format,
     model_free_scores,
 )
+from dgmood.studies.pictures import run_pictures
 from dgmood.studies.published import MeasuredAUROC, published_table
 
 
@@ -43,6 +44,7 @@ class BenchmarkOptions:
     # model-free scores shown once per pair as the pseudo-model "none" (with any named in
     # `scores`): how much of a model-based score's win the images alone already give
     baselines: tuple[str, ...] = ("compressor-png",)
+    samples: int = 16  # samples of each density model shown in the report (0 = none)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ class Benchmark(Study[BenchmarkOptions]):
         scoring = ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress)
         rows: list[BenchmarkRow] = []
         runs: dict[str, str] = {}
+        figures: list[Figure] = []
         for in_dataset in o.in_datasets:
             ood = [name for name in o.ood if name != in_dataset]
             if not ood:
@@ -233,6 +236,10 @@ class Benchmark(Study[BenchmarkOptions]):
                 rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring)
                 config = ctx.run_config(model, in_dataset)
                 runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+                # each model's samples and training curve (the run is finished: reused)
+                figures += run_pictures(
+                    ctx, ctx.obtain(config), samples=o.samples, tag=f"{in_dataset}-{model}"
+                )
             baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
             like = model_free_format(ctx, in_dataset, o.models)
             rows += [
@@ -264,6 +271,7 @@ class Benchmark(Study[BenchmarkOptions]):
             ctx,
             benchmark_finding(rows),
             tables=tables,
+            figures=figures,
             runs=runs,
             data={
                 "rows": [
