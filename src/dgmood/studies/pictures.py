@@ -18,6 +18,7 @@ ICLR 2019.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 
 from dgmood.data.dequantize import to_uint8
+from dgmood.io import atomic_write_bytes
 from dgmood.models.base import Capability
 from dgmood.reporting.pictures import ImageRow, plot_image_rows, plot_training_curve
 from dgmood.reporting.result import Figure
-from dgmood.runs import LoadedRun, read_metrics
+from dgmood.runs import SCORES_DIR, LoadedRun, read_metrics, read_score_cache
 from dgmood.scores.base import ScoreInput
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import StudyContext
@@ -84,14 +86,27 @@ def extremes_figure(
 
 @torch.no_grad()
 def draw_samples(run: LoadedRun, n: int = SAMPLES, seed: int = SAMPLE_SEED) -> torch.Tensor:
-    """``n`` samples of ``run``'s density model as uint8 images (seeded; RNG state restored)."""
+    """``n`` samples of ``run``'s density model as uint8 images (seeded; RNG state restored).
+
+    Cached in the run's ``scores/`` folder, keyed by ``n``, ``seed`` and the run's step, so
+    that studies sharing a run (and a rerun) draw once: PixelCNN++ samples one pixel at a
+    time, a minute or more on a CPU.
+    """
     model = run.density_model()
     if Capability.SAMPLING not in run.capabilities:
         raise ValueError(f"{run.spec.name} models cannot draw samples (no sampling capability)")
+    path = run.run_dir / SCORES_DIR / f"samples-n{n}-seed{seed}-step{run.step}.npz"
+    cached = read_score_cache(path)  # a damaged file is removed and drawn again
+    if cached is not None and cached.get("images", np.zeros(0)).shape[:1] == (n,):
+        return torch.from_numpy(cached["images"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         samples = model.sample(n)
-    return to_uint8(samples.float().cpu(), model.input_spec)
+    images = to_uint8(samples.float().cpu(), model.input_spec)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images.numpy())
+    atomic_write_bytes(path, buffer.getvalue())
+    return images
 
 
 def samples_figure(
