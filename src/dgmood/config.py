@@ -260,6 +260,8 @@ def _coerce(tp: Any, value: Any) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
+            if isinstance(value, str | int | float | bool):
+                value = [value]  # `-o ood=mnist` means the one-element tuple, not its letters
             return tuple(_coerce(args[0], v) for v in value)
         return tuple(_coerce(a, v) for a, v in zip(args, value, strict=True))
     if origin in (typing.Union, types.UnionType):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from dgmood.cli.main import app
-from dgmood.config import RunConfig
+from dgmood.config import DataConfig, RunConfig
+from dgmood.data.loading import DataSources
 from dgmood.scores import base as scores_base
 from dgmood.scores.base import Score, ScoreInput
 from dgmood.studies import StudyContext, run_study, study_class
@@ -42,6 +46,15 @@ class NegatedTwinLikelihood(Score):
 def twin_score(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setitem(scores_base._SCORES, NegatedTwinLikelihood.name, NegatedTwinLikelihood)
     return NegatedTwinLikelihood.name
+
+
+def png_bytes(image: torch.Tensor) -> int:
+    """PNG length of one uint8 [1 or 3, H, W] image, as Pillow writes it (level 9, optimize)."""
+    array = image.numpy()
+    array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", optimize=True, compress_level=9)
+    return len(buffer.getvalue())
 
 
 def write_pngs(folder: Path, count: int = 6) -> Path:
@@ -127,11 +140,24 @@ def test_benchmark_cli_tiny_grid_with_a_folder_and_an_aux_score(
 
     with open(out / "benchmark.csv") as handle:
         rows = list(csv.DictReader(handle))
-    grid = {(r["OOD"], r["model"], r["score"]) for r in rows}
+    model_rows = [r for r in rows if r["model"] != "none"]
+    grid = {(r["OOD"], r["model"], r["score"]) for r in model_rows}
     oods = {"mnist", f"folder:{photos}"}
     assert grid == {(o, m, s) for o in oods for m in ("glow", "vae") for s in ("nll", twin_score)}
-    assert len(rows) == 8 and {r["in-distribution"] for r in rows} == {"fashion-mnist"}
-    by_key = {(r["OOD"], r["model"], r["score"]): r for r in rows}
+    assert len(model_rows) == 8 and {r["in-distribution"] for r in rows} == {"fashion-mnist"}
+    # the model-free baseline: once per pair, equal to PNG lengths computed here with PIL
+    baseline = {r["OOD"]: r for r in rows if r["model"] == "none"}
+    assert set(baseline) == oods and {r["score"] for r in baseline.values()} == {"compressor-png"}
+    like = DataConfig(dataset="fashion-mnist", channels=1)
+    sources = DataSources(mirror=str(mirror))
+    fashion = sources.load_like("fashion-mnist", "test", like).head(48)
+    mnist = sources.load_like("mnist", "test", like).head(48)
+    expected = roc_auc_score(
+        [0] * 48 + [1] * 48, [-png_bytes(x) for x in torch.cat([fashion.images, mnist.images])]
+    )
+    assert float(baseline["mnist"]["AUROC"]) == pytest.approx(expected, abs=1e-9)
+    assert baseline["mnist"]["n in"] == "48" and baseline["mnist"]["n OOD"] == "48"
+    by_key = {(r["OOD"], r["model"], r["score"]): r for r in model_rows}
     for (ood, model, score), row in by_key.items():
         assert row["n in"] == "48" and row["n OOD"] == ("48" if ood == "mnist" else "6")
         assert 0 <= float(row["AUROC"]) <= 1 and 0 <= float(row["FPR@95TPR"]) <= 1
@@ -153,6 +179,9 @@ def test_benchmark_cli_tiny_grid_with_a_folder_and_an_aux_score(
     for name in ("glow-tiny-fashion-mnist", "vae-tiny-fashion-mnist"):
         assert (find_run(out / "runs", name) / "model.safetensors").exists(), name
     assert (out / "benchmark.md").read_text().startswith("| in-distribution | OOD | model |")
+    for model in ("glow", "vae"):  # each model's samples and training curve in the report
+        for kind in ("samples", "training"):
+            assert (out / f"{kind}_fashion-mnist-{model}.png").stat().st_size > 5_000
     saved = json.loads((out / "result.json").read_text())
     best = {b["ood"]: b for b in saved["data"]["best"]}
     assert set(best) == oods

@@ -19,6 +19,7 @@ from dgmood.scores import density  # noqa: E402,F401  isort: skip
 from dgmood.scores import classifier  # noqa: E402,F401  isort: skip
 from dgmood.scores import likelihood_ratio  # noqa: E402,F401  isort: skip
 from dgmood.scores import complexity  # noqa: E402,F401  isort: skip
+from dgmood.scores import compressor  # noqa: E402,F401  isort: skip
 from dgmood.scores import typicality  # noqa: E402,F401  isort: skip
 from dgmood.scores import waic  # noqa: E402,F401  isort: skip
 from dgmood.scores import likelihood_regret  # noqa: E402,F401  isort: skip

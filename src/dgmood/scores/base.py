@@ -108,6 +108,9 @@ class Score(ABC):
     fits_on: ClassVar[FitData] = "train"
     # what the main run's model family must be able to do (its FamilySpec's capabilities)
     requires: ClassVar[frozenset[Capability]] = frozenset()
+    # looks at the images alone, never at a model: it applies to every run, and a grid of
+    # models shows it once, as a model-free baseline row (dgmood.scores.compressor)
+    model_free: ClassVar[bool] = False
 
     def aux_runs(self, config: RunConfig) -> dict[str, RunConfig]:
         """Auxiliary runs this score needs, as configs derived from the main run's config."""
@@ -124,7 +127,10 @@ class Score(ABC):
 
     def applies_to(self, run: LoadedRun) -> bool:
         """Whether this score can be computed with ``run`` as the main run: a model of its
-        kind whose family has every capability it :attr:`requires`."""
+        kind whose family has every capability it :attr:`requires` (a :attr:`model_free`
+        score applies to every run)."""
+        if self.model_free:
+            return True
         return run.spec.kind == self.model_kind and self.requires <= run.capabilities
 
     @classmethod

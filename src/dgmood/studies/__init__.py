@@ -17,6 +17,7 @@ from dgmood.studies.runner import evaluate_run, run_study
 from dgmood.studies import fashion_mnist  # noqa: E402,F401  isort: skip
 from dgmood.studies import chicken  # noqa: E402,F401  isort: skip
 from dgmood.studies import pairs  # noqa: E402,F401  isort: skip
+from dgmood.studies import cifar10  # noqa: E402,F401  isort: skip
 from dgmood.studies import decomposition  # noqa: E402,F401  isort: skip
 from dgmood.studies import moments  # noqa: E402,F401  isort: skip
 from dgmood.studies import graying  # noqa: E402,F401  isort: skip

@@ -31,11 +31,19 @@ from dgmood.evaluation.typicality import BatchTestResult, typicality_batch_test
 from dgmood.io import atomic_write_text, progress_enabled
 from dgmood.models.registry import model_kind
 from dgmood.presets import run_preset
-from dgmood.reporting.result import Cell, StudyResult, Table
+from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import MODEL_FILE, LoadedRun, is_finished, read_metrics, read_model_metadata
 from dgmood.scores.base import Score, make_score, score_names
+from dgmood.scores.compressor import MODEL_FREE_MODEL
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, register_study
+from dgmood.studies.model_free import (
+    model_free_comparisons,
+    model_free_format,
+    model_free_scores,
+)
+from dgmood.studies.pictures import run_pictures
+from dgmood.studies.published import MeasuredAUROC, published_table
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,10 @@ class BenchmarkOptions:
     # batch sizes M of the typicality test on batches (Nalisnick et al. 2019b; empty = none):
     # fitted on half the in-distribution test set, batches from its other half and the OOD set
     typicality_batch: tuple[int, ...] = ()
+    # model-free scores shown once per pair as the pseudo-model "none" (with any named in
+    # `scores`): how much of a model-based score's win the images alone already give
+    baselines: tuple[str, ...] = ("compressor-png",)
+    samples: int = 16  # samples of each density model shown in the report (0 = none)
 
 
 @dataclass(frozen=True)
@@ -88,7 +100,12 @@ def training_seconds(run: LoadedRun) -> float:
 def applicable_scores(run: LoadedRun, names: Sequence[str], stats_keys: set[str]) -> list[Score]:
     """Named scores (or every registered one) that apply to ``run`` and find their statistics."""
     candidates = [make_score(n) for n in (names or score_names())]
-    return [s for s in candidates if s.applies_to(run) and set(s.needs_stats) <= stats_keys]
+    return [
+        s
+        for s in candidates
+        # a model-free score has its own row per pair (dgmood.studies.model_free)
+        if not s.model_free and s.applies_to(run) and set(s.needs_stats) <= stats_keys
+    ]
 
 
 @dataclass(frozen=True)
@@ -317,7 +334,8 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
             "n OOD",
         ],
         rows=cells,
-        caption="Higher score = more OOD; rows sorted by AUROC within each pair. AUROC with a "
+        caption="Higher score = more OOD; rows sorted by AUROC within each pair. Model 'none': "
+        "a model-free score (the compressor alone, -L(x)), the same for every model. AUROC with a "
         "bootstrap 95% confidence interval. FPR@95TPR: fraction of OOD images accepted when "
         "95% of in-distribution test images are accepted (Hendrycks & Gimpel, OpenOOD). "
         "ms per image: computing the score from the model's cached per-sample statistics "
@@ -395,8 +413,13 @@ class Benchmark(Study[BenchmarkOptions]):
 
     def run(self, ctx: StudyContext) -> StudyResult:
         o = self.options
-        if not o.in_datasets or not o.models:
-            raise ValueError("the benchmark needs at least one in-distribution dataset and model")
+        if not o.in_datasets:
+            raise ValueError("the benchmark needs at least one in-distribution dataset")
+        if not o.models and not model_free_scores(o.baselines + o.scores):
+            raise ValueError(
+                "the benchmark needs at least one model, or a model-free score alone "
+                "(-o 'models=[]' -o 'baselines=[compressor-png]')"
+            )
         for name in o.scores:
             make_score(name)  # an unknown name fails before any training
         for in_dataset in o.in_datasets:
@@ -411,6 +434,7 @@ class Benchmark(Study[BenchmarkOptions]):
         if any(m < 1 for m in o.typicality_batch):
             raise ValueError(f"typicality batch sizes must be >= 1, got {o.typicality_batch}")
         runs: dict[str, str] = {}
+        figures: list[Figure] = []
         with progress_enabled(ctx.progress):
             for in_dataset in o.in_datasets:
                 ood = [name for name in o.ood if name != in_dataset]
@@ -420,6 +444,18 @@ class Benchmark(Study[BenchmarkOptions]):
                     )
                     config = ctx.run_config(model, in_dataset)
                     runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+                    # each model's samples and training curve (the run is finished: reused)
+                    figures += run_pictures(
+                        ctx, ctx.obtain(config), samples=o.samples, tag=f"{in_dataset}-{model}"
+                    )
+                baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
+                like = model_free_format(ctx, in_dataset, o.models)
+                model_free_rows = [
+                    BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0)
+                    for c in model_free_comparisons(ctx, in_dataset, ood, baselines, like)
+                ]
+                rows += model_free_rows
+                sink.add(model_free_rows)
         missing = (
             set(o.scores) - {r.comparison.score for r in rows} - {f.score for f in sink.failures}
         )
@@ -437,10 +473,26 @@ class Benchmark(Study[BenchmarkOptions]):
         tables = sink.tables()
         if batch_tests:
             tables.append(typicality_batch_table(batch_tests))
+        published = published_table(
+            [
+                MeasuredAUROC(
+                    r.in_dataset,
+                    r.ood,
+                    r.model,
+                    r.comparison.score,
+                    r.comparison.metrics.auroc,
+                    *r.comparison.metrics.ci.get("auroc", (float("nan"), float("nan"))),
+                )
+                for r in rows
+            ]
+        )
+        if published is not None:
+            tables.append(published)
         return self.result(
             ctx,
             finding,
             tables=tables,
+            figures=figures,
             runs=runs,
             data={
                 "rows": [

@@ -33,6 +33,7 @@ from dgmood.runs import LoadedRun
 from dgmood.scores.base import make_score, score_names
 from dgmood.scores.classifier import confidence_fractions, max_softmax_probability
 from dgmood.studies.base import Study, StudyContext, metrics_table, register_study
+from dgmood.studies.pictures import run_pictures
 
 THRESHOLDS = (0.99, 0.95, 0.75)
 POST_FASHION_FRACTIONS = {0.99: 0.634, 0.95: 0.743, 0.75: 0.889}  # the post's numbers
@@ -151,8 +152,12 @@ class Chicken(Study[ChickenOptions]):
                 vae_scores = [
                     s
                     for s in map(make_score, score_names("density"))
-                    # likelihood regret (uses_model) costs seconds per image: only when named
-                    if s.applies_to(vae) and not s.aux_runs(vae.config) and not s.uses_model
+                    # likelihood regret (uses_model) costs seconds per image: only when named;
+                    # a model-free score is no "vae" score
+                    if s.applies_to(vae)
+                    and not s.aux_runs(vae.config)
+                    and not s.uses_model
+                    and not s.model_free
                 ]
                 comparisons += [
                     replace(c, score=f"vae {c.score}")
@@ -243,6 +248,8 @@ class Chicken(Study[ChickenOptions]):
                 f"MNIST validation kept) rejects {reject['rejected']['FashionMNIST test']:.1%} "
                 f"of FashionMNIST and {reject['rejected']['photos']:.0%} of the photos."
             )
+        # the training curves of the CNN and the VAE, and the VAE's samples
+        figures += [f for run in runs.values() for f in run_pictures(ctx, run)]
         return self.result(
             ctx,
             finding,

@@ -24,6 +24,7 @@ from dgmood.reporting.analysis_plots import plot_histogram_panels
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.studies.base import Study, StudyContext, register_study
 from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
+from dgmood.studies.pictures import run_pictures
 
 FLOW_TERMS = {"log_pz": "density term log p(z)", "log_abs_det_jacobian": "volume term log|det J|"}
 
@@ -34,6 +35,7 @@ class DecompositionOptions:
     in_dataset: str = "fashion-mnist"  # trained on
     ood: tuple[str, ...] = ("mnist",)  # OOD test sets
     train_limit: int = 10_000  # in-distribution training images scored
+    samples: int = 16  # samples of the model shown in the report (0 = none)
 
 
 @register_study
@@ -114,7 +116,7 @@ class Decomposition(Study[DecompositionOptions]):
             ctx,
             decomposition_finding(run.name, in_label, gap_rows),
             tables=[gaps, terms, sets],
-            figures=[figure],
+            figures=[figure, *run_pictures(ctx, run, shown, samples=o.samples)],
             runs={"model": str(run.run_dir)},
             data={"gaps": gap_rows},
         )

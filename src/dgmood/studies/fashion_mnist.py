@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from dgmood.reporting.result import StudyResult
 from dgmood.studies.base import Study, StudyContext, register_study
 from dgmood.studies.likelihood import likelihood_comparison, likelihood_finding
+from dgmood.studies.pictures import run_pictures
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class LikelihoodOptions:
     train_limit: int = 10_000  # in-distribution training images scored (and used for fits)
     scores: tuple[str, ...] = ()  # OOD scores to compare (empty: every applicable one)
     iwae_k: int = 0  # VAEs: score with the importance-weighted bound (0 = the ELBO)
+    samples: int = 16  # samples of the model shown in the report (0 = none)
 
 
 @register_study
@@ -36,7 +38,7 @@ class FashionMnist(Study[LikelihoodOptions]):
 
         o = self.options
         run = ctx.obtain_model(o.model, o.in_dataset)
-        _, sets, metrics, figures, data = likelihood_comparison(
+        inputs, sets, metrics, figures, data = likelihood_comparison(
             run,
             ctx,
             o.ood,
@@ -44,6 +46,8 @@ class FashionMnist(Study[LikelihoodOptions]):
             scores=o.scores,
             scoring=ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress),
         )
+        shown = {label: d for label, (role, d) in inputs.items() if role != "in-train"}
+        figures += run_pictures(ctx, run, shown, samples=o.samples)
         return self.result(
             ctx,
             likelihood_finding(run, o.in_dataset, metrics),

@@ -14,9 +14,14 @@ data with the usual dequantization, like any other image. Each variant is scored
 model (bits/dim) and drawn as a median curve with its 25-75% band per set. The paper and
 its talk: lowering contrast raises likelihood, the constant image being the most likely.
 At ``alpha = 1`` each transform maps every image to one image, so all sets meet.
+Every transform acts on each channel alike, so a colour run (``in_dataset=cifar10``, the
+paper's Figure 6b was made on colour images) is blended toward gray (128, 128, 128) and
+toward the training set's per-pixel, per-channel mean image. The report also shows the first
+images of each set at every alpha, and the model's pictures (most/least likely images,
+samples, training curve).
 
 References: Nalisnick et al., "Do Deep Generative Models Know What They Don't Know?",
-ICLR 2019 (Section 5 and Appendix: graying / constant inputs raise log p(x)).
+ICLR 2019 (Section 5 and Appendix, Figure 6b: graying CIFAR-10 images raises log p(x)).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import torch
 from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.reporting.analysis_plots import plot_curves
+from dgmood.reporting.pictures import ImageRow, plot_image_rows
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, register_study
+from dgmood.studies.pictures import run_pictures
 
 GRAY_LEVEL = 128  # the constant gray images are blended toward (uint8)
 TRANSFORMS = ("gray", "contrast", "mean")
@@ -89,6 +96,7 @@ class GrayingOptions:
     alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)  # 0 = the image itself
     # gray: toward 128; contrast: toward the image's own mean; mean: toward the training mean
     transforms: tuple[str, ...] = TRANSFORMS
+    samples: int = 16  # samples of the model shown in the report (0 = none)
 
 
 @register_study
@@ -165,13 +173,18 @@ class Graying(Study[GrayingOptions]):
                     "Median per set with its 25-75% band; pixels rounded to uint8.",
                 )
             )
+        figures.append(self._examples(ctx, bases, mean_image))
+        with ctx.timed("score sets"):
+            originals = {b.label: prepare_input(run, b, options=scoring) for b in bases}
+        figures += run_pictures(ctx, run, originals, samples=o.samples)
         table = Table(
             name="graying",
             title="Bits/dim of test images as they are grayed out",
             columns=["transform", "alpha", "set", "n", "bits/dim mean", "median", "q25", "q75"],
             rows=rows,
             caption="gray: x' = round((1-alpha) x + alpha 128); contrast: x' = round(m + "
-            "(1-alpha)(x - m)), m the image's mean; mean: x' = round((1-alpha) x + alpha mu), "
+            "(1-alpha)(x - m)), m the image's mean over all its sub-pixels (a colour image ends "
+            "gray); mean: x' = round((1-alpha) x + alpha mu), "
             "mu the training set's per-pixel mean image. Pixels are rounded to uint8 before "
             "scoring.",
         )
@@ -182,6 +195,32 @@ class Graying(Study[GrayingOptions]):
             figures=figures,
             runs={"model": str(run.run_dir)},
             data={"median_bits_per_dim": curves_data, "alphas": list(o.alphas)},
+        )
+
+    def _examples(
+        self, ctx: StudyContext, bases: list[ImageSet], mean_image: torch.Tensor | None
+    ) -> Figure:
+        """The first images of each set under every transform and alpha."""
+        o = self.options
+        count = 3
+        rows = []
+        for base in bases:
+            head = base.head(count)
+            for transform in o.transforms:
+                tiles = [transformed(head, transform, a, mean_image).images for a in o.alphas]
+                # image-major: each image's alphas side by side
+                strip = torch.stack(tiles, dim=1).flatten(0, 1).numpy()
+                captions = [f"a={a:g}" for a in o.alphas] * len(head)
+                rows.append(ImageRow(f"{base.label}\n{_LABELS[transform]}", strip, captions))
+        path = plot_image_rows(
+            rows, ctx.out_dir / "graying_examples.png", title="What the model scores at each alpha"
+        )
+        return Figure(
+            "graying_examples",
+            "Example images at every alpha, per transform",
+            path.name,
+            f"The first {count} images of each set, alphas {', '.join(f'{a:g}' for a in o.alphas)} "
+            "left to right for each image; pixels rounded to uint8 as scored.",
         )
 
 

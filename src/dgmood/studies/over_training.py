@@ -23,13 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from dgmood.config import UNTIL_BUDGET, replace_path
+from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.io import atomic_write_bytes
 from dgmood.reporting.analysis_plots import plot_curves
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import CONFIG_FILE, MODEL_FILE, load_run, read_model_metadata
+from dgmood.scores.base import ScoreInput
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, register_study
+from dgmood.studies.pictures import run_pictures
 from dgmood.training.launch import train_or_reuse
 
 STAGE_FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)  # of the preset's (or --steps) steps
@@ -43,6 +46,7 @@ class OverTrainingOptions:
     ood: tuple[str, ...] = ("mnist",)  # OOD test sets
     stages: tuple[int, ...] = ()  # training steps at which to score (empty: STAGE_FRACTIONS)
     train_limit: int = 2_000  # in-distribution training images scored per stage
+    samples: int = 16  # samples of the last stage shown in the report (0 = none)
 
 
 def stage_steps(stages: tuple[int, ...], base_steps: int) -> list[int]:
@@ -162,7 +166,7 @@ class OverTraining(Study[OverTrainingOptions]):
             ctx,
             over_training_finding(rows, steps),
             tables=[table],
-            figures=[figure],
+            figures=[figure, *self._pictures(ctx, run_dir, sets, per_stage[steps[-1]], roles)],
             runs={"model": str(run_dir)},
             data={
                 "steps": steps,
@@ -171,6 +175,25 @@ class OverTraining(Study[OverTrainingOptions]):
                 },
             },
         )
+
+    def _pictures(
+        self,
+        ctx: StudyContext,
+        run_dir: Path,
+        sets: list[ImageSet],
+        last: dict[str, np.ndarray],
+        roles: dict[str, str],
+    ) -> list[Figure]:
+        """The last stage's pictures: most/least likely images, samples, training curve."""
+        if not (run_dir / MODEL_FILE).exists():  # the stages' records outlived the run
+            return []
+        inputs = {
+            s.label: ScoreInput({"bits_per_dim": last[s.label]}, s.images, s.labels, label=s.label)
+            for s in sets
+            if roles[s.label] != "in-train"
+        }
+        run = load_run(run_dir)
+        return run_pictures(ctx, run, inputs, samples=self.options.samples)
 
 
 def over_training_finding(rows: list[list[Cell]], steps: list[int]) -> str:

@@ -31,6 +31,7 @@ from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, metrics_table, register_study
 from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
+from dgmood.studies.pictures import extremes_figure, run_pictures
 
 CPU_PAIRS = ("fashion-mnist:mnist", "mnist:fashion-mnist")
 PAPER_PAIRS = (
@@ -54,6 +55,7 @@ class PairsOptions:
     models: tuple[str, ...] = ("glow", "realnvp", "pixelcnnpp", "vae")  # density models
     pairs: tuple[str, ...] = ()  # IN:OOD pairs (empty: fashion-mnist<->mnist; paper's at paper)
     train_limit: int = 10_000  # in-distribution training images scored
+    samples: int = 16  # samples of each model shown in the report (0 = none)
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
@@ -97,6 +99,7 @@ class Pairs(Study[PairsOptions]):
         metric_parts = []
         figures: list[Figure] = []
         data: dict[str, object] = {}
+        drawn: set[tuple[str, str]] = set()
         for model in o.models:
             for in_name, ood_name in pairs:
                 tag = f"{model}-{in_name}-vs-{ood_name}"
@@ -162,6 +165,11 @@ class Pairs(Study[PairsOptions]):
                     )
                 )
                 data[tag] = {"in_test_bpd_mean": gap_rows[-1][3], "ood_bpd_mean": gap_rows[-1][4]}
+                pictured = {lab: d for lab, (r, d) in inputs.items() if r != "in-train"}
+                figures.append(extremes_figure(ctx, run, pictured, tag))
+                if (model, in_name) not in drawn:  # a run's samples and curve once
+                    drawn.add((model, in_name))
+                    figures += run_pictures(ctx, run, samples=o.samples, tag=f"{model}-{in_name}")
         sets = Table(
             name="pairs_bits_per_dim",
             title="Bits per dimension of each set, per model and training set",

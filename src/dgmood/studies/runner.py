@@ -15,6 +15,7 @@ from dgmood.reporting.result import StudyResult
 from dgmood.runs import load_run
 from dgmood.studies.base import Study, StudyContext, environment, study_class
 from dgmood.studies.likelihood import likelihood_comparison, likelihood_finding
+from dgmood.studies.pictures import run_pictures
 
 
 def run_study(
@@ -67,9 +68,11 @@ def evaluate_run(
     run = load_run(run_dir, device, expect_sha256=expect_sha256)
     scoring = scoring or ScoringOptions(progress=ctx.progress)
     with progress_enabled(ctx.progress):
-        _, sets, metrics, figures, data = likelihood_comparison(
+        inputs, sets, metrics, figures, data = likelihood_comparison(
             run, ctx, ood, train_limit=train_limit, scores=scores, scoring=scoring
         )
+        shown = {label: d for label, (role, d) in inputs.items() if role != "in-train"}
+        figures += run_pictures(ctx, run, shown)
     # the folder's name, not its path: a report is shared, the machine's layout is not
     folder = Path(run_dir).resolve().name
     result = StudyResult(
