@@ -403,6 +403,25 @@ def benchmark_finding(rows: Sequence[BenchmarkRow]) -> str:
     return "Best score per pair: " + "; ".join(parts) + "." if parts else "No score applied."
 
 
+@dataclass
+class Grid:
+    """What the benchmark grid has gathered so far."""
+
+    sink: BenchmarkSink
+    rows: list[BenchmarkRow] = field(default_factory=list)
+    batch_tests: list[TypicalityBatchRow] = field(default_factory=list)
+    runs: dict[str, str] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def measured_auroc(row: BenchmarkRow) -> MeasuredAUROC:
+    metrics = row.comparison.metrics
+    low, high = metrics.ci.get("auroc", (float("nan"), float("nan")))
+    return MeasuredAUROC(
+        row.in_dataset, row.ood, row.model, row.comparison.score, metrics.auroc, low, high
+    )
+
+
 @register_study
 class Benchmark(Study[BenchmarkOptions]):
     """Every registered score on a grid of datasets, OOD sets and model families."""
@@ -411,7 +430,8 @@ class Benchmark(Study[BenchmarkOptions]):
     title = "Which OOD score separates in-distribution from OOD images best, and at what cost?"
     Options = BenchmarkOptions
 
-    def run(self, ctx: StudyContext) -> StudyResult:
+    def check(self) -> None:
+        """Refuse options that cannot make a grid, before anything is trained."""
         o = self.options
         if not o.in_datasets:
             raise ValueError("the benchmark needs at least one in-distribution dataset")
@@ -425,37 +445,49 @@ class Benchmark(Study[BenchmarkOptions]):
         for in_dataset in o.in_datasets:
             if not [name for name in o.ood if name != in_dataset]:
                 raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
-        print(benchmark_plan(ctx, o), file=sys.stderr, flush=True)  # before hours of work
-        scoring = ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress)
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        sink = BenchmarkSink(ctx.out_dir)
-        rows: list[BenchmarkRow] = []
-        batch_tests: list[TypicalityBatchRow] = []
         if any(m < 1 for m in o.typicality_batch):
             raise ValueError(f"typicality batch sizes must be >= 1, got {o.typicality_batch}")
-        runs: dict[str, str] = {}
-        figures: list[Figure] = []
+
+    def grid_row(self, ctx: StudyContext, in_dataset: str, grid: Grid) -> None:
+        """Every model and the model-free baselines on ``in_dataset`` vs its OOD sets."""
+        o = self.options
+        ood = [name for name in o.ood if name != in_dataset]
+        scoring = ScoringOptions(iwae_k=o.iwae_k, progress=ctx.progress)
+        for model in o.models:
+            grid.rows += benchmark_model(
+                ctx, in_dataset, model, ood, o, scoring, grid.sink, grid.batch_tests
+            )
+            config = ctx.run_config(model, in_dataset)
+            grid.runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+            # each model's samples and training curve (the run is finished: reused)
+            grid.figures += run_pictures(
+                ctx, ctx.obtain(config), samples=o.samples, tag=f"{in_dataset}-{model}"
+            )
+        baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
+        like = model_free_format(ctx, in_dataset, o.models)
+        model_free_rows = [
+            BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0)
+            for c in model_free_comparisons(ctx, in_dataset, ood, baselines, like)
+        ]
+        grid.rows += model_free_rows
+        grid.sink.add(model_free_rows)
+
+    def run(self, ctx: StudyContext) -> StudyResult:
+        o = self.options
+        self.check()
+        print(benchmark_plan(ctx, o), file=sys.stderr, flush=True)  # before hours of work
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        grid = Grid(BenchmarkSink(ctx.out_dir))
         with progress_enabled(ctx.progress):
             for in_dataset in o.in_datasets:
-                ood = [name for name in o.ood if name != in_dataset]
-                for model in o.models:
-                    rows += benchmark_model(
-                        ctx, in_dataset, model, ood, o, scoring, sink, batch_tests
-                    )
-                    config = ctx.run_config(model, in_dataset)
-                    runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
-                    # each model's samples and training curve (the run is finished: reused)
-                    figures += run_pictures(
-                        ctx, ctx.obtain(config), samples=o.samples, tag=f"{in_dataset}-{model}"
-                    )
-                baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
-                like = model_free_format(ctx, in_dataset, o.models)
-                model_free_rows = [
-                    BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0)
-                    for c in model_free_comparisons(ctx, in_dataset, ood, baselines, like)
-                ]
-                rows += model_free_rows
-                sink.add(model_free_rows)
+                self.grid_row(ctx, in_dataset, grid)
+        rows, sink, batch_tests, runs, figures = (
+            grid.rows,
+            grid.sink,
+            grid.batch_tests,
+            grid.runs,
+            grid.figures,
+        )
         missing = (
             set(o.scores) - {r.comparison.score for r in rows} - {f.score for f in sink.failures}
         )
@@ -473,19 +505,7 @@ class Benchmark(Study[BenchmarkOptions]):
         tables = sink.tables()
         if batch_tests:
             tables.append(typicality_batch_table(batch_tests))
-        published = published_table(
-            [
-                MeasuredAUROC(
-                    r.in_dataset,
-                    r.ood,
-                    r.model,
-                    r.comparison.score,
-                    r.comparison.metrics.auroc,
-                    *r.comparison.metrics.ci.get("auroc", (float("nan"), float("nan"))),
-                )
-                for r in rows
-            ]
-        )
+        published = published_table([measured_auroc(r) for r in rows])
         if published is not None:
             tables.append(published)
         return self.result(

@@ -106,7 +106,90 @@ def available_sets(
 
 def published_bpd(model: str, in_dataset: str, name: str, split: str) -> float | None:
     """The paper's bits/dim for this model and set (:data:`PUBLISHED_BPD`), or None."""
-    return PUBLISHED_BPD.get((model, in_dataset, f"{name}-{split}"))
+    return PUBLISHED_BPD.get((model, in_dataset, name, split))
+
+
+@dataclass
+class ModelPart:
+    """What one model contributes to the cifar10 study's tables and figures."""
+
+    model: str
+    run_dir: str
+    in_label: str
+    set_rows: list[list[Cell]]
+    metric_rows: list[list[Cell]]
+    finding_rows: list[list[Cell]]
+    term_rows: list[list[Cell]]
+    figures: list[Figure]
+
+
+ScoredSet = tuple[str, str, ScoreInput]  # label, role, statistics
+
+
+def finding_rows(
+    model: str, sets: list[ScoredSet], in_data: ScoreInput, metrics: Table
+) -> list[list[Cell]]:
+    """Per OOD set: medians, gaps, AUROC of -log p [CI], share below the test median."""
+    in_bpd = negative_log_likelihood(in_data.stats)
+    nll_auroc = {str(r[2]): r[3:6] for r in metrics.rows if r[0] == "nll"}
+    rows: list[list[Cell]] = []
+    for label, role, data in sets:
+        if role != "ood":
+            continue
+        bpd = negative_log_likelihood(data.stats)
+        auroc, low, high = nll_auroc[label]
+        assert isinstance(auroc, float)
+        rows.append(
+            [
+                label,
+                model,
+                len(data),
+                float(np.median(in_bpd)),
+                float(np.median(bpd)),
+                float(bpd.mean() - in_bpd.mean()),
+                float(np.median(bpd) - np.median(in_bpd)),
+                auroc,
+                low,
+                high,
+                float((bpd < np.median(in_bpd)).mean()),
+                verdict(auroc),
+            ]
+        )
+    return rows
+
+
+def flow_term_rows(model: str, sets: list[ScoredSet], in_data: ScoreInput) -> list[list[Cell]]:
+    """A flow's density and volume terms per set, and their gaps to the test set (nats)."""
+    if "log_pz" not in in_data.stats:
+        return []
+    rows: list[list[Cell]] = []
+    for label, role, data in sets:
+        if role == "in-train":
+            continue
+        log_pz, log_det = data.stat("log_pz"), data.stat("log_abs_det_jacobian")
+        rows.append(
+            [
+                model,
+                label,
+                len(data),
+                float(log_pz.mean()),
+                float(log_det.mean()),
+                float(log_pz.mean() - in_data.stat("log_pz").mean()),
+                float(log_det.mean() - in_data.stat("log_abs_det_jacobian").mean()),
+            ]
+        )
+    return rows
+
+
+def skipped_table(skipped: list[tuple[str, str]]) -> Table:
+    return Table(
+        "skipped_sets",
+        "OOD sets skipped (their files are not on this machine)",
+        ["set", "why"],
+        [[n, why] for n, why in skipped],
+        caption="Put the files where the message says (or pass --download) and run "
+        "again: finished runs and cached statistics are reused.",
+    )
 
 
 def verdict(auroc: float) -> str:
@@ -124,126 +207,91 @@ class Cifar10(Study[Cifar10Options]):
 
     def run(self, ctx: StudyContext) -> StudyResult:
         o = self.options
+        configs, ood, skipped = self.check(ctx)
+        parts = [self.score_model(ctx, model, configs[model], ood) for model in o.models]
+        finding_rows = [row for part in parts for row in part.finding_rows]
+        term_rows = [row for part in parts for row in part.term_rows]
+        tables = [
+            findings_table(finding_rows, o.in_dataset),
+            bits_per_dim_table([row for part in parts for row in part.set_rows]),
+            auroc_table([row for part in parts for row in part.metric_rows]),
+        ]
+        if term_rows:
+            tables.append(flow_terms_table(term_rows))
+        if skipped:
+            tables.append(skipped_table(skipped))
+        return self.result(
+            ctx,
+            cifar10_finding(finding_rows, skipped, parts[0].in_label),
+            tables=tables,
+            figures=[figure for part in parts for figure in part.figures],
+            runs={part.model: part.run_dir for part in parts},
+            data={
+                "ood": ood,
+                "skipped": dict(skipped),
+                "findings": [dict(zip(FINDING_COLUMNS, r, strict=True)) for r in finding_rows],
+            },
+        )
+
+    def check(
+        self, ctx: StudyContext
+    ) -> tuple[dict[str, RunConfig], list[str], list[tuple[str, str]]]:
+        """Every model's config, the OOD sets present and those skipped (with why); bad
+        options and a missing in-distribution set are refused before any training."""
+        o = self.options
         if not o.models:
             raise ValueError("cifar10 needs at least one model (e.g. -o 'models=[glow]')")
         if "nll" not in o.scores:
             raise ValueError("cifar10 compares -log p(x): keep 'nll' in its scores")
         configs = {model: ctx.run_config(model, o.in_dataset) for model in o.models}
         first = configs[o.models[0]]
-        # the in-distribution sets must exist: a clear error before any training
         ctx.load_set(o.in_dataset, first.data.val_split, first.data, 1)
         ctx.load_set(o.in_dataset, first.data.train_split, first.data, 1)
         ood, skipped = available_sets(ctx, [n for n in o.ood if n != o.in_dataset], first)
         if not ood:
             raise ValueError(f"none of the OOD sets {list(o.ood)} could be loaded: {skipped}")
+        return configs, ood, skipped
 
-        set_rows: list[list[Cell]] = []
-        metric_rows: list[list[Cell]] = []
-        finding_rows: list[list[Cell]] = []
-        term_rows: list[list[Cell]] = []
-        figures: list[Figure] = []
-        runs: dict[str, str] = {}
-        for model in o.models:
-            run = ctx.obtain(configs[model])
-            runs[model] = str(run.run_dir)
-            sub = dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / model)
-            inputs, _, metrics, _, _ = likelihood_comparison(
-                run,
-                sub,
-                ood,
-                in_dataset=o.in_dataset,
-                train_limit=o.train_limit,
-                scores=o.scores,
-                scoring=ScoringOptions(progress=ctx.progress),
-            )
-            sets = [(label, role, data) for label, (role, data) in inputs.items()]
-            names = [o.in_dataset, o.in_dataset, *ood]
-            splits = [run.config.data.train_split, run.config.data.val_split, *["test"] * len(ood)]
-            for (label, role, data), name, split in zip(sets, names, splits, strict=True):
-                bpd = negative_log_likelihood(data.stats)
-                set_rows.append(
-                    [
-                        model,
-                        label,
-                        role,
-                        len(data),
-                        *distribution_cells(bpd),
-                        published_bpd(model, o.in_dataset, name, split),
-                    ]
-                )
-            metric_rows += [[model, *row[:-1]] for row in metrics.rows]
-            in_label, in_data = next((lab, d) for lab, r, d in sets if r == "in-test")
-            in_bpd = negative_log_likelihood(in_data.stats)
-            nll_auroc = {str(r[2]): r[3:6] for r in metrics.rows if r[0] == "nll"}
-            for label, role, data in sets:
-                if role != "ood":
-                    continue
-                bpd = negative_log_likelihood(data.stats)
-                auroc, low, high = nll_auroc[label]
-                assert isinstance(auroc, float)
-                finding_rows.append(
-                    [
-                        label,
-                        model,
-                        len(data),
-                        float(np.median(in_bpd)),
-                        float(np.median(bpd)),
-                        float(bpd.mean() - in_bpd.mean()),
-                        float(np.median(bpd) - np.median(in_bpd)),
-                        auroc,
-                        low,
-                        high,
-                        float((bpd < np.median(in_bpd)).mean()),
-                        verdict(auroc),
-                    ]
-                )
-            if "log_pz" in in_data.stats:
-                for label, role, data in sets:
-                    if role == "in-train":
-                        continue
-                    log_pz, log_det = data.stat("log_pz"), data.stat("log_abs_det_jacobian")
-                    term_rows.append(
-                        [
-                            model,
-                            label,
-                            len(data),
-                            float(log_pz.mean()),
-                            float(log_det.mean()),
-                            float(log_pz.mean() - in_data.stat("log_pz").mean()),
-                            float(log_det.mean() - in_data.stat("log_abs_det_jacobian").mean()),
-                        ]
-                    )
-            shown = {lab: d for lab, r, d in sets if r != "in-train"}
-            figures += self._figures(ctx, run, model, in_label, shown)
-        tables = [
-            findings_table(finding_rows, o.in_dataset),
-            bits_per_dim_table(set_rows),
-            auroc_table(metric_rows),
+    def score_model(
+        self, ctx: StudyContext, model: str, config: RunConfig, ood: list[str]
+    ) -> ModelPart:
+        """``model`` trained on CIFAR-10 (obtained) and every set scored under it."""
+        o = self.options
+        run = ctx.obtain(config)
+        inputs, _, metrics, _, _ = likelihood_comparison(
+            run,
+            dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / model),
+            ood,
+            in_dataset=o.in_dataset,
+            train_limit=o.train_limit,
+            scores=o.scores,
+            scoring=ScoringOptions(progress=ctx.progress),
+        )
+        sets = [(label, role, data) for label, (role, data) in inputs.items()]
+        names = [o.in_dataset, o.in_dataset, *ood]
+        splits = [run.config.data.train_split, run.config.data.val_split, *["test"] * len(ood)]
+        set_rows: list[list[Cell]] = [
+            [
+                model,
+                label,
+                role,
+                len(data),
+                *distribution_cells(negative_log_likelihood(data.stats)),
+                published_bpd(model, o.in_dataset, name, split),
+            ]
+            for (label, role, data), name, split in zip(sets, names, splits, strict=True)
         ]
-        if term_rows:
-            tables.append(flow_terms_table(term_rows))
-        if skipped:
-            tables.append(
-                Table(
-                    "skipped_sets",
-                    "OOD sets skipped (their files are not on this machine)",
-                    ["set", "why"],
-                    [[n, why] for n, why in skipped],
-                    caption="Put the files where the message says (or pass --download) and run "
-                    "again: finished runs and cached statistics are reused.",
-                )
-            )
-        return self.result(
-            ctx,
-            cifar10_finding(finding_rows, skipped, in_label),
-            tables=tables,
-            figures=figures,
-            runs=runs,
-            data={
-                "ood": ood,
-                "skipped": dict(skipped),
-                "findings": [dict(zip(FINDING_COLUMNS, r, strict=True)) for r in finding_rows],
-            },
+        in_label, in_data = next((lab, d) for lab, r, d in sets if r == "in-test")
+        shown = {lab: d for lab, r, d in sets if r != "in-train"}
+        return ModelPart(
+            model=model,
+            run_dir=str(run.run_dir),
+            in_label=in_label,
+            set_rows=set_rows,
+            metric_rows=[[model, *row[:-1]] for row in metrics.rows],
+            finding_rows=finding_rows(model, sets, in_data, metrics),
+            term_rows=flow_term_rows(model, sets, in_data),
+            figures=self._figures(ctx, run, model, in_label, shown),
         )
 
     def _figures(

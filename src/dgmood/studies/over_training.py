@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgmood.config import UNTIL_BUDGET, replace_path
+from dgmood.config import UNTIL_BUDGET, RunConfig, replace_path
 from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.io import atomic_write_bytes
@@ -87,85 +87,14 @@ class OverTraining(Study[OverTrainingOptions]):
         # one run directory trained in stages: named by the identity of its last stage
         run_dir = ctx.run_dir(replace_path(config, "train.steps", steps[-1]))
         run_dir = run_dir.with_name(f"{run_dir.name}-staged")
-        stages_dir = ctx.out_dir / STAGES_DIR
-        per_stage: dict[int, dict[str, np.ndarray]] = {}
-        for step in steps:
-            record = stages_dir / f"step{step}.npz"
-            if record.exists():
-                with np.load(record) as stored:
-                    per_stage[step] = {key: stored[key] for key in stored.files}
-                continue
-            if current_step(run_dir) > step:
-                raise ValueError(
-                    f"{run_dir} is already trained to step {current_step(run_dir)}, past stage "
-                    f"{step}, whose scores were not recorded in {record}; delete {run_dir} and "
-                    f"{stages_dir} to redo the stages"
-                )
-            with ctx.timed("train stages"):
-                train_or_reuse(
-                    replace_path(config, "train.steps", step),
-                    run_dir,
-                    sources=ctx.sources,
-                    resume=(run_dir / CONFIG_FILE).exists(),
-                    progress=ctx.progress,
-                )
-            run = load_run(run_dir)
-            scoring = ScoringOptions(progress=ctx.progress)
-            with ctx.timed("score sets"):
-                per_stage[step] = {
-                    s.label: negative_log_likelihood(prepare_input(run, s, options=scoring).stats)
-                    for s in sets
-                }
-            buffer = io.BytesIO()
-            np.savez(buffer, **per_stage[step])  # type: ignore[arg-type]
-            atomic_write_bytes(record, buffer.getvalue())
+        per_stage = {step: self.stage(ctx, config, run_dir, step, sets) for step in steps}
         labels = [s.label for s in sets]
         roles = dict(zip(labels, ["in-train", "in-test", *["ood"] * len(o.ood)], strict=True))
-        rows: list[list[Cell]] = []
-        curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for label in labels:
-            stacked = [per_stage[step][label] for step in steps]
-            quantiles = np.array([np.quantile(v, (0.5, 0.25, 0.75)) for v in stacked])
-            curves[label] = (quantiles[:, 0], quantiles[:, 1], quantiles[:, 2])
-            for step, values, (median, q25, q75) in zip(steps, stacked, quantiles, strict=True):
-                rows.append(
-                    [
-                        step,
-                        label,
-                        roles[label],
-                        len(values),
-                        float(values.mean()),
-                        float(median),
-                        float(q25),
-                        float(q75),
-                    ]
-                )
-        path = plot_curves(
-            steps,
-            curves,
-            ctx.out_dir / "over_training.png",
-            "training step",
-            "bits/dim (lower = more likely)",
-            title=f"{o.model} trained on {o.in_dataset}, scored along training",
-        )
-        table = Table(
-            name="over_training",
-            title="Bits/dim per set at each training stage",
-            columns=["step", "set", "role", "n", "bits/dim mean", "median", "q25", "q75"],
-            rows=rows,
-            caption="The same run, trained in stages in one run directory and scored after "
-            "each stage with the same dequantization noise.",
-        )
-        figure = Figure(
-            "over_training",
-            "Bits/dim along training",
-            path.name,
-            "Median per set with its 25-75% band.",
-        )
+        rows, figure = self.summarize(ctx, steps, per_stage, roles)
         return self.result(
             ctx,
             over_training_finding(rows, steps),
-            tables=[table],
+            tables=[stage_table(rows)],
             figures=[figure, *self._pictures(ctx, run_dir, sets, per_stage[steps[-1]], roles)],
             runs={"model": str(run_dir)},
             data={
@@ -175,6 +104,80 @@ class OverTraining(Study[OverTrainingOptions]):
                 },
             },
         )
+
+    def stage(
+        self,
+        ctx: StudyContext,
+        config: RunConfig,
+        run_dir: Path,
+        step: int,
+        sets: list[ImageSet],
+    ) -> dict[str, np.ndarray]:
+        """Bits/dim of every set after ``step`` steps: recorded, or trained to and scored."""
+        stages_dir = ctx.out_dir / STAGES_DIR
+        record = stages_dir / f"step{step}.npz"
+        if record.exists():
+            with np.load(record) as stored:
+                return {key: stored[key] for key in stored.files}
+        if current_step(run_dir) > step:
+            raise ValueError(
+                f"{run_dir} is already trained to step {current_step(run_dir)}, past stage "
+                f"{step}, whose scores were not recorded in {record}; delete {run_dir} and "
+                f"{stages_dir} to redo the stages"
+            )
+        with ctx.timed("train stages"):
+            train_or_reuse(
+                replace_path(config, "train.steps", step),
+                run_dir,
+                sources=ctx.sources,
+                resume=(run_dir / CONFIG_FILE).exists(),
+                progress=ctx.progress,
+            )
+        run = load_run(run_dir)
+        scoring = ScoringOptions(progress=ctx.progress)
+        with ctx.timed("score sets"):
+            scored = {
+                s.label: negative_log_likelihood(prepare_input(run, s, options=scoring).stats)
+                for s in sets
+            }
+        buffer = io.BytesIO()
+        np.savez(buffer, **scored)  # type: ignore[arg-type]
+        atomic_write_bytes(record, buffer.getvalue())
+        return scored
+
+    def summarize(
+        self,
+        ctx: StudyContext,
+        steps: list[int],
+        per_stage: dict[int, dict[str, np.ndarray]],
+        roles: dict[str, str],
+    ) -> tuple[list[list[Cell]], Figure]:
+        """One row per set and stage, and the curves of the medians with their 25-75% band."""
+        rows: list[list[Cell]] = []
+        curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for label, role in roles.items():
+            stacked = [per_stage[step][label] for step in steps]
+            quantiles = np.array([np.quantile(v, (0.5, 0.25, 0.75)) for v in stacked])
+            curves[label] = (quantiles[:, 0], quantiles[:, 1], quantiles[:, 2])
+            for step, values, (median, q25, q75) in zip(steps, stacked, quantiles, strict=True):
+                row: list[Cell] = [step, label, role, len(values), float(values.mean())]
+                rows.append([*row, float(median), float(q25), float(q75)])
+        o = self.options
+        path = plot_curves(
+            steps,
+            curves,
+            ctx.out_dir / "over_training.png",
+            "training step",
+            "bits/dim (lower = more likely)",
+            title=f"{o.model} trained on {o.in_dataset}, scored along training",
+        )
+        figure = Figure(
+            "over_training",
+            "Bits/dim along training",
+            path.name,
+            "Median per set with its 25-75% band.",
+        )
+        return rows, figure
 
     def _pictures(
         self,
@@ -194,6 +197,17 @@ class OverTraining(Study[OverTrainingOptions]):
         }
         run = load_run(run_dir)
         return run_pictures(ctx, run, inputs, samples=self.options.samples)
+
+
+def stage_table(rows: list[list[Cell]]) -> Table:
+    return Table(
+        name="over_training",
+        title="Bits/dim per set at each training stage",
+        columns=["step", "set", "role", "n", "bits/dim mean", "median", "q25", "q75"],
+        rows=rows,
+        caption="The same run, trained in stages in one run directory and scored after "
+        "each stage with the same dequantization noise.",
+    )
 
 
 def over_training_finding(rows: list[list[Cell]], steps: list[int]) -> str:
