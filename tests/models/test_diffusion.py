@@ -30,7 +30,8 @@ from dgmood.models.diffusion.vdm import (
 )
 from dgmood.models.registry import build_model, resolve_model
 from dgmood.presets import run_preset
-from dgmood.runs import load_run, save_model
+from dgmood.runs import LoadedRun, load_run, save_model
+from dgmood.scores import ScoreInput, make_score
 
 GAMMA_0, GAMMA_1 = -13.3, 5.0  # VDM's schedule end points
 
@@ -457,3 +458,15 @@ def test_checkpoint_round_trip_and_float64_move(tmp_path: Path) -> None:
 def test_config_rejects_an_odd_number_of_evaluation_timesteps() -> None:
     with pytest.raises(ValueError, match="even"):
         build_diffusion(DiffusionConfig(eval_timesteps=3), DataConfig())
+
+
+def test_the_generic_nll_score_reads_the_bound_in_bits_per_dim() -> None:
+    model = tiny_model()
+    images = bars(6, torch.Generator().manual_seed(0))
+    stats = score_images(model, images, seed=0)
+    config = RunConfig(model=resolve_model("diffusion", "tiny"), data=DataConfig(image_size=16))
+    run = LoadedRun(config=config, model=model, step=0, run_dir=Path("unused"))
+    data = ScoreInput(stats=stats, images=images, labels=torch.full((6,), -1), run=run)
+    nll = make_score("nll")
+    assert nll.applies_to(run)
+    np.testing.assert_array_equal(nll.score(data), stats["bits_per_dim"].astype(np.float64))
