@@ -19,6 +19,8 @@ References: Kingma, Salimans, Poole & Ho, "Variational Diffusion Models", NeurIP
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,13 +59,39 @@ def decoder_logits(z_0_rescaled: Tensor, gamma_0: Tensor, levels: Tensor) -> Ten
     return -0.5 * torch.exp(-gamma_0) * (z_0_rescaled.unsqueeze(-1) - levels).square()
 
 
+# levels farther than this many decoder standard deviations from z_0 / alpha_0 have logits at
+# least 50 below the nearest level's: exp(-50) ~ 2e-22 of its mass, below float64 resolution
+NEGLIGIBLE_DISTANCE = 10.0
+
+
 def reconstruction_log_mass(
     x: Tensor, z_0_rescaled: Tensor, gamma_0: Tensor, levels: Tensor
 ) -> Tensor:
-    """``log p(x | z_0)`` per image: the sum over sub-pixels of a softmax over the levels."""
-    log_probs = torch.log_softmax(decoder_logits(z_0_rescaled, gamma_0, levels), dim=-1)
-    index = level_index(x, float(levels[0]), float(levels[-1]), levels.numel())
-    return per_image_sum(log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1))
+    """``log p(x | z_0)`` per image: the sum over sub-pixels of a softmax over the levels.
+
+    The softmax's normaliser is summed over the levels within :data:`NEGLIGIBLE_DISTANCE`
+    standard deviations (``exp(gamma_0 / 2)``) of ``z_0_rescaled``: 5 levels instead of 256
+    at VDM's ``gamma_0 = -13.3``, the same number to within ``exp(-50)`` relative, and all
+    256 levels once the window would span them.
+    """
+    n_levels = levels.numel()
+    spacing = float(levels[1] - levels[0])
+    precision = torch.exp(-gamma_0)
+    observed = -0.5 * precision * (z_0_rescaled - x).square()
+    half_width = (
+        math.ceil(NEGLIGIBLE_DISTANCE * math.exp(0.5 * float(gamma_0.detach())) / spacing) + 1
+    )
+    if 2 * half_width + 1 >= n_levels:
+        normaliser = torch.logsumexp(decoder_logits(z_0_rescaled, gamma_0, levels), dim=-1)
+        return per_image_sum(observed - normaliser)
+    nearest = level_index(z_0_rescaled, float(levels[0]), float(levels[-1]), n_levels)
+    offsets = torch.arange(-half_width, half_width + 1, device=x.device)
+    window = nearest.unsqueeze(-1) + offsets
+    inside = (window >= 0) & (window < n_levels)
+    nearby = levels[window.clamp(0, n_levels - 1)]
+    logits = -0.5 * precision * (z_0_rescaled.unsqueeze(-1) - nearby).square()
+    normaliser = torch.logsumexp(logits.masked_fill(~inside, -math.inf), dim=-1)
+    return per_image_sum(observed - normaliser)
 
 
 def stratified_times(uniforms: Tensor) -> Tensor:

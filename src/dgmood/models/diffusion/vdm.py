@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from dgmood.config import DataConfig, ModelConfig
 from dgmood.models.base import DensityModel, InputSpec, bits_per_dim
 from dgmood.models.diffusion.bound import (
-    decoder_logits,
     diffusion_loss_weight,
+    level_index,
     paired_strata_stderr,
     per_image_sum,
     prior_kl,
@@ -277,11 +277,12 @@ class VariationalDiffusion(DensityModel):
     # ----- sampling -----
 
     def decode(self, z_0: Tensor) -> Tensor:
-        """The most probable level of every sub-pixel given ``z_0``, on the [-1, 1] scale."""
+        """The most probable level of every sub-pixel given ``z_0`` (the one nearest to
+        ``z_0 / alpha_0``: the decoder's logits fall with the squared distance), on [-1, 1]."""
         gamma_0, _ = self.schedule.endpoints()
         alpha_0, _ = self.alpha_sigma(gamma_0)
-        logits = decoder_logits(z_0 / alpha_0, gamma_0, self.levels)
-        return self.levels[logits.argmax(-1)]
+        n_levels = self.input_spec.n_levels
+        return self.levels[level_index(z_0 / alpha_0, -1.0, 1.0, n_levels)]
 
     @torch.no_grad()
     def sample(
