@@ -73,8 +73,10 @@ def coarse_bits_per_dim(
 
 @register_score
 class NoiseLevelRatio(DiffusionScore):
-    """Bits/dim of the diffusion bound above a noise level: the full bound's likelihood divided
-    by that of its fine-detail part (a complexity correction across noise levels).
+    """Bits/dim of the diffusion bound above a noise level: its likelihood over its fine part's.
+
+    The log-ratio of the full bound's likelihood to that of its fine-detail part (the levels
+    below the cutoff and the decoder): a complexity correction across noise levels.
 
     References: Goodier & Campbell, "Likelihood-based Out-of-Distribution Detection with
     Denoising Diffusion Probabilistic Models", BMVC 2023 (the idea; our form, see the module).
