@@ -324,9 +324,9 @@ def test_training_loss_is_an_unbiased_estimate_of_the_bound(trained: Variational
 
 
 def test_stderr_matches_the_spread_of_repeated_estimates(trained: VariationalDiffusion) -> None:
-    """log_prob_stderr (paired strata) is conservative but of the right size: with 16
-    timesteps it is 1.0-1.8x the observed spread of independent re-estimates of an image's
-    bound (measured; the excess shrinks as K grows: ~1.1x at K = 64)."""
+    """log_prob_stderr (second differences of neighbouring strata) is of the right size: with
+    16 timesteps it is 1.0-1.5x the observed spread of independent re-estimates of an image's
+    bound on this barely trained model (measured; 1.03x on average on a trained cpu model)."""
     x = held_out_bars(trained, 4)
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(1)
@@ -372,7 +372,7 @@ def test_ddim_steps_follow_the_probability_flow_of_the_optimal_gaussian_denoiser
     c = 0.25
     mean = torch.tensor([0.3, -0.2], dtype=torch.float64)
     model = diffusion_model(
-        GaussianOptimalDenoiser(mean, c * torch.eye(2, dtype=torch.float64)), 2, eval_timesteps=2
+        GaussianOptimalDenoiser(mean, c * torch.eye(2, dtype=torch.float64)), 2, eval_timesteps=4
     )
     z_t = torch.randn(5, 2, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
@@ -456,9 +456,9 @@ def test_checkpoint_round_trip_and_float64_move(tmp_path: Path) -> None:
     torch.testing.assert_close(log_prob64.float(), reference, rtol=1e-4, atol=1e-2)
 
 
-def test_config_rejects_an_odd_number_of_evaluation_timesteps() -> None:
-    with pytest.raises(ValueError, match="even"):
-        build_diffusion(DiffusionConfig(eval_timesteps=3), DataConfig())
+def test_config_rejects_too_few_evaluation_timesteps_for_a_standard_error() -> None:
+    with pytest.raises(ValueError, match=">= 3"):
+        build_diffusion(DiffusionConfig(eval_timesteps=2), DataConfig())
 
 
 def test_the_generic_nll_score_reads_the_bound_in_bits_per_dim() -> None:
@@ -487,7 +487,7 @@ def test_ode_log_density_of_the_optimal_gaussian_model_matches_its_closed_form()
     eigenvalues = torch.tensor([0.5, 0.1, 0.02], dtype=torch.float64)
     cov = rotation @ torch.diag(eigenvalues) @ rotation.T
     mean = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
-    model = diffusion_model(GaussianOptimalDenoiser(mean, cov), 3, eval_timesteps=2)
+    model = diffusion_model(GaussianOptimalDenoiser(mean, cov), 3, eval_timesteps=4)
     x = (mean + torch.randn(4, 3, generator=generator, dtype=torch.float64) * 0.5).view(4, 3, 1, 1)
 
     (alpha_0, sigma_0), (alpha_1, sigma_1) = (

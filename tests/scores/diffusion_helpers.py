@@ -53,7 +53,7 @@ def gaussian_model(mean: Tensor, var: Tensor) -> VariationalDiffusion:
         DiagonalGaussianDenoiser(mean, var),
         FixedLinearSchedule(GAMMA_0, GAMMA_1),
         tuple(mean.shape),  # type: ignore[arg-type]
-        eval_timesteps=2,
+        eval_timesteps=4,
     )
     return model.double().eval()
 

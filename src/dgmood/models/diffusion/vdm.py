@@ -27,10 +27,10 @@ from dgmood.models.base import DensityModel, InputSpec, bits_per_dim
 from dgmood.models.diffusion.bound import (
     diffusion_loss_weight,
     level_index,
-    paired_strata_stderr,
     per_image_sum,
     prior_kl,
     reconstruction_log_mass,
+    stratified_stderr,
     stratified_times,
 )
 from dgmood.models.diffusion.schedule import (
@@ -59,7 +59,7 @@ class DiffusionConfig(ModelConfig):
     # noise: alpha_1^2 = 6.7e-3, so the prior term is small); VDM's gamma_min, gamma_max
     max_log_snr: float = 13.3  # -gamma(0), nats
     max_log_nsr: float = 5.0  # gamma(1), nats
-    eval_timesteps: int = 16  # T_eval: stratified timesteps per image for log_prob (even)
+    eval_timesteps: int = 16  # T_eval: stratified timesteps per image for log_prob (>= 3)
     bound_depth: int = 0  # T of a discrete-time model and bound; 0 = continuous time (VDM)
     sample_steps: int = 256  # ancestral sampling steps of sample()
 
@@ -105,10 +105,10 @@ class VariationalDiffusion(DensityModel):
         max_network_batch: int = 512,
     ) -> None:
         super().__init__()
-        if eval_timesteps < 2 or eval_timesteps % 2:
+        if eval_timesteps < 3:
             raise ValueError(
-                f"eval_timesteps must be even and >= 2 (its standard error pairs strata), "
-                f"got {eval_timesteps}"
+                f"eval_timesteps must be >= 3 (its standard error compares neighbouring "
+                f"strata), got {eval_timesteps}"
             )
         if bound_depth < 0 or sample_steps < 1:
             raise ValueError(
@@ -198,7 +198,7 @@ class VariationalDiffusion(DensityModel):
         Returns ``log_prob = prior + diffusion + reconstruction`` (nats), where ``prior =
         -KL(q(z_1|x) || N(0, I))``, ``diffusion = -L_diffusion`` (mean over the K stratified
         timesteps of ``noise``), ``reconstruction = log p(x | z_0)``, and ``log_prob_stderr``,
-        the standard error of the diffusion term's K-sample mean (paired strata).
+        the standard error of the diffusion term's K-sample mean (:func:`stratified_stderr`).
         ``depth`` (default: the model's ``bound_depth``) = T for the T-step bound, 0 for
         continuous time.
         """
@@ -215,7 +215,7 @@ class VariationalDiffusion(DensityModel):
             "prior": prior,
             "diffusion": diffusion,
             "reconstruction": reconstruction,
-            "log_prob_stderr": paired_strata_stderr(losses),
+            "log_prob_stderr": stratified_stderr(losses),
         }
 
     def _diffusion_losses(self, x: Tensor, times: Tensor, eps: Tensor, depth: int) -> Tensor:
