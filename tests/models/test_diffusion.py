@@ -435,6 +435,24 @@ def test_scores_do_not_depend_on_batch_size_and_follow_the_seed() -> None:
     assert not np.allclose(other["log_prob"], large["log_prob"])
 
 
+def test_seeded_terms_of_an_image_depend_only_on_its_generator() -> None:
+    model = tiny_model().eval()
+    x = held_out_bars(model, 3)
+
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    with torch.no_grad():
+        batch = model.seeded_log_prob_terms(x, generators([11, 12, 13]))
+        alone = model.seeded_log_prob_terms(x[2:], generators([13]))
+        swapped = model.seeded_log_prob_terms(x[[2, 0]], generators([13, 11]))
+    for key in ("log_prob", "diffusion", "log_prob_stderr"):
+        torch.testing.assert_close(alone[key][0], batch[key][2])
+        torch.testing.assert_close(swapped[key], batch[key][[2, 0]])
+    with pytest.raises(ValueError, match="importance"):
+        model.seeded_log_prob_terms(x, generators([1, 2, 3]), iwae_k=4)
+
+
 def test_checkpoint_round_trip_and_float64_move(tmp_path: Path) -> None:
     model = tiny_model().eval()
     config = RunConfig(model=resolve_model("diffusion", "tiny"), data=DataConfig(image_size=16))

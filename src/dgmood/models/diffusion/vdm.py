@@ -16,6 +16,7 @@ References: Kingma, Salimans, Poole & Ho, "Variational Diffusion Models", NeurIP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -237,6 +238,23 @@ class VariationalDiffusion(DensityModel):
     def log_prob_terms(self, x: Tensor) -> dict[str, Tensor]:
         """The ELBO and its terms with ``eval_timesteps`` fresh stratified timesteps per image."""
         return self.bound_terms(x, self.draw_bound_noise(x.shape[0]))
+
+    def seeded_log_prob_terms(
+        self, x: Tensor, generators: Sequence[torch.Generator], iwae_k: int = 0
+    ) -> dict[str, Tensor]:
+        """:meth:`log_prob_terms` with image ``b``'s timesteps and noise from ``generators[b]``
+        alone, so that an image's bound depends neither on its batch nor on its position."""
+        if iwae_k:
+            raise ValueError("a diffusion model has no importance-weighted bound (iwae_k > 0)")
+        if len(generators) != len(x):
+            raise ValueError(f"need one generator per image: {len(generators)} for {len(x)}")
+        draws = [self.draw_bound_noise(1, generator=generator) for generator in generators]
+        noise = BoundNoise(
+            uniforms=torch.cat([d.uniforms for d in draws]),
+            eps=torch.cat([d.eps for d in draws], dim=1),
+            eps_0=torch.cat([d.eps_0 for d in draws]),
+        )
+        return self.bound_terms(x, noise)
 
     def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The negative ELBO in bits/dim with one timestep per image (VDM's objective).
