@@ -8,4 +8,5 @@ __all__ = ["Classifier", "DensityModel", "InputSpec", "bits_per_dim"]
 from dgmood.models import flows  # noqa: E402,F401
 from dgmood.models.autoregressive import pixelcnnpp  # noqa: E402,F401
 from dgmood.models.classifiers import cnn  # noqa: E402,F401
+from dgmood.models.diffusion import vdm  # noqa: E402,F401
 from dgmood.models.latent import vae  # noqa: E402,F401

@@ -24,6 +24,10 @@ from dgmood.scores import typicality  # noqa: E402,F401  isort: skip
 from dgmood.scores import waic  # noqa: E402,F401  isort: skip
 from dgmood.scores import likelihood_regret  # noqa: E402,F401  isort: skip
 from dgmood.scores import dose  # noqa: E402,F401  isort: skip
+from dgmood.scores import diffusion_ode_nll  # noqa: E402,F401  isort: skip
+from dgmood.scores import noise_level_ratio  # noqa: E402,F401  isort: skip
+from dgmood.scores import diffusion_reconstruction  # noqa: E402,F401  isort: skip
+from dgmood.scores import diffpath  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ModelKind",
