@@ -72,9 +72,10 @@ def run_preset(
         channels = DATASETS[dataset].channels if dataset in DATASETS else 3
     data = DataConfig(dataset=dataset, channels=channels)
     model_config = resolve_model(model, MODEL_SIZE_OF_TRAIN_PRESET.get(preset, preset))
-    # each family's own changes to the train preset (its FamilySpec.train_overrides)
-    overrides = family_spec(model_config).train_overrides.get(preset, {})
-    train = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
+    # each family's own changes to the train preset and the data config (its FamilySpec)
+    spec = family_spec(model_config)
+    train = dataclasses.replace(TRAIN_PRESETS[preset], **spec.train_overrides.get(preset, {}))
+    data = dataclasses.replace(data, **spec.data_overrides.get(preset, {}))
     return RunConfig(
         model=model_config,
         data=data,

@@ -76,3 +76,15 @@ def score_input(images: Tensor, model: VariationalDiffusion, label: str = "set")
 def as_model_input(images: Tensor) -> Tensor:
     """uint8 -> the diffusion model's [-1, 1] level grid, float64."""
     return -1.0 + 2.0 * images.double() / 255
+
+
+def content_seeds(images: Tensor, seed: int, stream: str) -> list[int]:
+    """The documented per-image seed, written out here: blake2b (8 bytes, little endian) of
+    ``"{seed}:{stream}:"`` and the image's uint8 bytes (``stream`` = the score's name)."""
+    import hashlib
+
+    salt = f"{seed}:{stream}:".encode()
+    return [
+        int.from_bytes(hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest(), "little")
+        for row in images.contiguous().numpy()
+    ]

@@ -15,6 +15,7 @@ from diffusion_helpers import (
     GAMMA_0,
     GAMMA_1,
     SIZE,
+    content_seeds,
     gaussian_images,
     gaussian_model,
     score_input,
@@ -43,8 +44,9 @@ def closed_form_bits(images: torch.Tensor, seed: int) -> np.ndarray:
     density = torch.distributions.Normal(MEAN - gain * alpha_1 * MEAN, gain)
     x = -1.0 + 2.0 * images.double() / 255
     bits = []
+    seeds = content_seeds(images, seed, "ode-nll")
     for i in range(len(images)):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        generator = torch.Generator().manual_seed(seeds[i])
         offsets = torch.rand((1, SIZE, SIZE), generator=generator, dtype=torch.float64) - 0.5
         log_density = density.log_prob(x[i] + WIDTH * offsets).sum()
         bits.append(-float(log_density + SIZE * SIZE * math.log(WIDTH)) / (SIZE**2 * math.log(2)))

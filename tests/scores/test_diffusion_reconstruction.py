@@ -16,6 +16,7 @@ from diffusion_helpers import (
     GAMMA_0,
     SIZE,
     as_model_input,
+    content_seeds,
     gaussian_images,
     gaussian_model,
     posterior_mean,
@@ -119,16 +120,16 @@ def per_level_errors(x: Tensor, eps: Tensor, log_snrs: tuple[float, ...], steps:
     return out
 
 
-def documented_noise(n: int, levels: int, seed: int) -> Tensor:
-    """Image i's noise comes from torch.Generator().manual_seed(seed * 1_000_003 + i)."""
+def documented_noise(images: Tensor, levels: int, seed: int) -> Tensor:
+    """Each image's noise comes from its content seed (``content_seeds``)."""
     return torch.stack(
         [
             torch.randn(
                 (levels, 1, SIZE, SIZE),
-                generator=torch.Generator().manual_seed(seed * 1_000_003 + i),
+                generator=torch.Generator().manual_seed(image_seed),
                 dtype=torch.float64,
             )
-            for i in range(n)
+            for image_seed in content_seeds(images, seed, "diffusion-reconstruction")
         ]
     )
 
@@ -143,10 +144,10 @@ def test_score_is_the_mean_over_levels_of_z_scores_from_in_distribution_statisti
     values = score.score(score_input(test_images, model))
 
     train = per_level_errors(
-        as_model_input(train_images), documented_noise(12, 3, seed), log_snrs, steps
+        as_model_input(train_images), documented_noise(train_images, 3, seed), log_snrs, steps
     )
     test = per_level_errors(
-        as_model_input(test_images), documented_noise(5, 3, seed), log_snrs, steps
+        as_model_input(test_images), documented_noise(test_images, 3, seed), log_snrs, steps
     )
     mean, std = train.mean(0), train.std(0, ddof=1)  # per level and metric
     np.testing.assert_allclose(score.means["mse"], mean[:, 0], rtol=1e-6)

@@ -16,6 +16,7 @@ import torch
 from diffusion_helpers import (
     GAMMA_1,
     SIZE,
+    content_seeds,
     gaussian_images,
     gaussian_model,
     score_input,
@@ -65,8 +66,9 @@ def test_score_uses_documented_per_image_noise_and_ranks_unlike_images_higher() 
     values = score.score(score_input(images, model))
     x = -1.0 + 2.0 * images.double() / 255
     expected = []
+    seeds = content_seeds(images, 5, "noise-level-ratio")
     for i in range(len(images)):
-        generator = torch.Generator().manual_seed(5 * 1_000_003 + i)
+        generator = torch.Generator().manual_seed(seeds[i])
         uniforms = torch.rand(6, generator=generator, dtype=torch.float64)
         eps = torch.randn((6, 1, SIZE, SIZE), generator=generator, dtype=torch.float64)
         with torch.no_grad():
@@ -82,3 +84,14 @@ def test_cutoff_outside_the_trained_noise_range_is_refused() -> None:
     data = score_input(gaussian_images(MEAN, 0.2, 2, seed=0), model)
     with pytest.raises(ValueError, match="outside"):
         NoiseLevelRatio(cutoff_log_snr=-6.0).score(data)
+
+
+def test_an_images_score_does_not_depend_on_its_position_or_company() -> None:
+    model = gaussian_model(MEAN, torch.full((1, SIZE, SIZE), VARIANCE, dtype=torch.float64))
+    images = gaussian_images(MEAN, 0.2, 5, seed=3)
+    score = NoiseLevelRatio(cutoff_log_snr=1.0, n_timesteps=4, batch_size=2, seed=1)
+    forward = score.score(score_input(images, model))
+    backward = score.score(score_input(images.flip(0), model))
+    alone = score.score(score_input(images[2:3], model))
+    np.testing.assert_allclose(backward[::-1], forward, rtol=1e-12)
+    np.testing.assert_allclose(alone, forward[2:3], rtol=1e-12)

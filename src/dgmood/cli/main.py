@@ -231,9 +231,8 @@ def train(
     model: Annotated[
         str | None,
         typer.Argument(
-            help="Model: glow, glow-additive, cv-glow, "
-            "realnvp, pixelcnnpp, vae, cnn (see `dgmood "
-            "models`)."
+            help="Model: glow, cv-glow, realnvp, pixelcnnpp, vae, diffusion, cnn, ... (every "
+            "family and alias: `dgmood models`)."
         ),
     ] = None,
     preset: Annotated[str, typer.Option(help="Size preset: tiny, cpu or paper.")] = "cpu",

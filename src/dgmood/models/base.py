@@ -212,6 +212,8 @@ class FamilySpec:
     config_capabilities: Callable[[Any], frozenset[Capability]] | None = None
     # per train preset, TrainConfig fields that differ for this family ("cpu": {"steps": 1500})
     train_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # per train preset, DataConfig fields that differ for this family ("cpu": {"val_size": 500})
+    data_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # named architecture variants on top of any size preset: alias -> config field overrides
     aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""  # one line for `dgmood models`

@@ -97,7 +97,7 @@ class _PathScore(DiffusionScore):
     def features(self, data: ScoreInput) -> np.ndarray:
         """The six path statistics of every image, ``[N, 6]`` (float64)."""
 
-        def compute(model: VariationalDiffusion, x: Tensor, start: int) -> Tensor:
+        def compute(model: VariationalDiffusion, x: Tensor, seeds: list[int]) -> Tensor:
             return path_features(ddim_path_noise_predictions(model, x, self.steps))
 
         return self.per_image(data, compute)

@@ -10,13 +10,16 @@ References: Kingma, Salimans, Poole & Ho, "Variational Diffusion Models", NeurIP
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from dgmood.data.dequantize import to_model_input
+from dgmood.inference import image_seeds
+from dgmood.models.base import Capability
 from dgmood.models.diffusion.vdm import VariationalDiffusion
 from dgmood.runs import LoadedRun
 from dgmood.scores.base import Score, ScoreInput
@@ -24,23 +27,23 @@ from dgmood.scores.base import Score, ScoreInput
 
 def diffusion_model_of(run: LoadedRun, score: str) -> VariationalDiffusion:
     """The run's model as a diffusion model, or one clear error naming the score and run."""
-    model = run.density_model()
-    if not isinstance(model, VariationalDiffusion):
+    if Capability.DENOISER not in run.capabilities:
         raise ValueError(
             f"score {score!r} runs a diffusion model's denoiser; {run.run_dir} holds a "
-            f"{type(model).__name__} (train one with `dgmood train diffusion`)"
+            f"{run.spec.name} (train one with `dgmood train diffusion`)"
         )
-    return model
+    return cast(VariationalDiffusion, run.density_model())
 
 
-def image_noise(start: int, count: int, shape: tuple[int, ...], seed: int, like: Tensor) -> Tensor:
-    """Standard normal noise ``[count, *shape]`` for images ``start .. start+count-1``.
+def image_noise(seeds: Sequence[int], shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Standard normal noise ``[len(seeds), *shape]``, each image's from its own seed.
 
-    Image ``i`` always gets the same noise for a given seed, whatever the batch it is in.
+    With the seeds of :func:`dgmood.inference.image_seeds` an image gets the same noise
+    wherever it appears (any batch, position or company).
     """
-    out = torch.empty((count, *shape), dtype=like.dtype)
-    for row in range(count):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start + row)
+    out = torch.empty((len(seeds), *shape), dtype=like.dtype)
+    for row, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(seed)
         out[row] = torch.randn(shape, generator=generator, dtype=like.dtype)
     return out.to(like.device)
 
@@ -49,6 +52,7 @@ class DiffusionScore(Score):
     """Base of the scores that run a :class:`VariationalDiffusion` on the images themselves."""
 
     uses_model = True
+    requires = frozenset({Capability.DENOISER})
 
     def __init__(self, batch_size: int = 64, seed: int = 0) -> None:
         if batch_size < 1:
@@ -60,16 +64,17 @@ class DiffusionScore(Score):
     def nfe(self) -> int:
         """Network evaluations per scored image (fit excluded)."""
 
-    def applies_to(self, run: LoadedRun) -> bool:
-        return isinstance(run.model, VariationalDiffusion)
-
     def per_image(
-        self, data: ScoreInput, compute: Callable[[VariationalDiffusion, Tensor, int], Tensor]
+        self,
+        data: ScoreInput,
+        compute: Callable[[VariationalDiffusion, Tensor, list[int]], Tensor],
     ) -> np.ndarray:
-        """``compute(model, x, start)`` over batches of ``data``'s images, concatenated.
+        """``compute(model, x, seeds)`` over batches of ``data``'s images, concatenated.
 
-        ``x`` is a batch on the model's input scale and device; ``start`` the index of its
-        first image (to seed per-image noise); ``compute`` returns one row per image.
+        ``x`` is a batch on the model's input scale and device; ``seeds`` one seed per image
+        from the score's seed and the image's bytes (:func:`dgmood.inference.image_seeds`),
+        so an image's score depends on the model, the seed and the image only; ``compute``
+        returns one row per image.
         """
         model = diffusion_model_of(data.require_run(self.name), self.name)
         device = model.levels.device
@@ -82,7 +87,8 @@ class DiffusionScore(Score):
                     chunk = data.images[start : start + self.batch_size]
                     x = to_model_input(chunk, model.input_spec, dtype=model.levels.dtype)
                     x = x.to(device)
-                    out.append(compute(model, x, start).double().cpu().numpy())
+                    seeds = image_seeds(chunk, self.seed, self.name)
+                    out.append(compute(model, x, seeds).double().cpu().numpy())
         finally:
             model.train(was_training)
         return np.concatenate(out) if out else np.zeros(0)

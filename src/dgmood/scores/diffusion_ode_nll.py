@@ -46,10 +46,10 @@ class DiffusionODENegativeLogLikelihood(DiffusionScore):
         return 4 * self.steps
 
     def score(self, data: ScoreInput) -> np.ndarray:
-        def compute(model: VariationalDiffusion, x: Tensor, start: int) -> Tensor:
+        def compute(model: VariationalDiffusion, x: Tensor, seeds: list[int]) -> Tensor:
             offsets, probes = [], []
             for row in range(len(x)):
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + start + row)
+                generator = torch.Generator().manual_seed(seeds[row])
                 offsets.append(torch.rand(x.shape[1:], generator=generator, dtype=x.dtype) - 0.5)
                 probes.append(rademacher(x.shape[1:], generator, like=offsets[-1]))
             log_mass = ode_log_mass_bound(

@@ -171,8 +171,8 @@ class DiffusionReconstruction(DiffusionScore):
         """Per image and level ``[N, L]``, for each of ``self.metrics``."""
         levels = len(self.log_snrs)
 
-        def compute(model: VariationalDiffusion, x: Tensor, start: int) -> Tensor:
-            eps = image_noise(start, len(x), (levels, *x.shape[1:]), self.seed, x)
+        def compute(model: VariationalDiffusion, x: Tensor, seeds: list[int]) -> Tensor:
+            eps = image_noise(seeds, (levels, *x.shape[1:]), x)
             errors = reconstruction_errors(model, x, self.log_snrs, self.steps, eps)
             return torch.stack([errors[m] for m in self.metrics], dim=2)  # [B, L, M]
 

@@ -101,10 +101,10 @@ class NoiseLevelRatio(DiffusionScore):
         return self.n_timesteps
 
     def score(self, data: ScoreInput) -> np.ndarray:
-        def compute(model: VariationalDiffusion, x: Tensor, start: int) -> Tensor:
+        def compute(model: VariationalDiffusion, x: Tensor, seeds: list[int]) -> Tensor:
             uniforms, eps = [], []
             for row in range(len(x)):
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + start + row)
+                generator = torch.Generator().manual_seed(seeds[row])
                 uniforms.append(torch.rand(self.n_timesteps, generator=generator, dtype=x.dtype))
                 eps.append(
                     torch.randn(

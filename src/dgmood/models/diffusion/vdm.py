@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import DensityModel, InputSpec, bits_per_dim
+from dgmood.models.base import Capability, DensityModel, FamilySpec, InputSpec, bits_per_dim
 from dgmood.models.diffusion.bound import (
     diffusion_loss_weight,
     level_index,
@@ -41,7 +41,7 @@ from dgmood.models.diffusion.schedule import (
 )
 from dgmood.models.diffusion.schedule import alpha_sigma as _alpha_sigma
 from dgmood.models.diffusion.unet import NoisePredictionUNet
-from dgmood.models.registry import register_family, register_presets
+from dgmood.models.registry import register_family
 
 
 @dataclass(frozen=True)
@@ -433,10 +433,27 @@ TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
         "steps": 10_000_000,
         "warmup_steps": 100,
         "grad_clip": 1.0,
-        "channels_last": False,
     },
 }
 
-# registration with today's registry (one block, for the family spec to replace)
-register_family(DiffusionConfig)(build_diffusion)
-register_presets("diffusion", dict(PRESETS))
+register_family(
+    FamilySpec(
+        name="diffusion",
+        config=DiffusionConfig,
+        build=build_diffusion,
+        kind="density",
+        description="a variational diffusion model (Kingma et al. 2021): bound on the log mass",
+        presets=PRESETS,
+        capabilities=frozenset(
+            {
+                Capability.LIKELIHOOD_BOUND,
+                Capability.STOCHASTIC_LOG_PROB,
+                Capability.SAMPLING,
+                Capability.DENOISER,
+            }
+        ),
+        train_overrides=TRAIN_OVERRIDES,
+        # validation costs eval_timesteps network passes per image: a smaller set
+        data_overrides={"cpu": {"val_size": 500}},
+    )
+)
