@@ -234,3 +234,36 @@ def test_a_score_applying_to_no_model_is_an_error(tmp_path: Path, mirror: Path) 
         ],
     )
     assert result.exit_code == 2 and "apply to none of the models" in result.output
+
+
+@pytest.mark.slow
+def test_diffusion_scores_in_the_grid_with_their_network_evaluations(
+    tiny_ctx: StudyContext,
+) -> None:
+    """The diffusion family and its scores take part in the benchmark through their
+    capabilities, and the cost column counts each score's network passes per image."""
+    from dgmood.models.registry import model_preset
+
+    result = run_study(
+        "benchmark",
+        tiny_ctx,
+        in_datasets=("fashion-mnist",),
+        ood=("mnist",),
+        models=("glow", "vae", "diffusion"),
+        scores=("nll", "noise-level-ratio", "diffpath-1d"),
+        baselines=(),
+        samples=0,
+        train_limit=32,
+    )
+    table = result.table("benchmark")
+    column = table.columns.index("network evaluations per image")
+    passes = {(row[2], row[3]): row[column] for row in table.rows}
+    diffusion = model_preset("diffusion", "tiny")
+    vae = model_preset("vae", "tiny")
+    assert passes == {
+        ("glow", "nll"): 1.0,
+        ("vae", "nll"): 1.0 + vae.n_samples,  # the encoder, then the decoder per latent
+        ("diffusion", "nll"): float(diffusion.eval_timesteps),  # one pass per timestep
+        ("diffusion", "noise-level-ratio"): 16.0,  # its default timesteps
+        ("diffusion", "diffpath-1d"): 10.0,  # its default DDIM steps
+    }

@@ -93,6 +93,11 @@ class DensityModel(nn.Module, ABC):
         """Per-sample log density (or log mass, for discrete models) of ``x``."""
         return self.log_prob_terms(x)["log_prob"]
 
+    def network_evaluations(self) -> int:
+        """Forward passes of the model's networks per image for :meth:`log_prob_terms`
+        (one for a flow or PixelCNN++): the cost column of the benchmark."""
+        return 1
+
     def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss in bits/dim to minimise, and per-sample terms for logging.
 
@@ -128,6 +133,10 @@ class Classifier(nn.Module, ABC):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
+    def network_evaluations(self) -> int:
+        """Forward passes per image for logits and features: one."""
+        return 1
+
     def training_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self(x)
         loss = nn.functional.cross_entropy(logits, y)
@@ -153,6 +162,8 @@ class Capability(StrEnum):
     LATENT_POSTERIOR = "latent-posterior"  # an amortised q(z|x) to refit per image (VAE)
     RECONSTRUCTION = "reconstruction"  # reconstruct(x): x through the model and back
     LOG_DET_DECOMPOSITION = "log-det-decomposition"  # terms log_pz + log_abs_det_jacobian
+    # per-image terms that add up to log_prob, named in the spec (FamilySpec.decomposition)
+    TERM_DECOMPOSITION = "term-decomposition"
     MULTISCALE_FLOW = "multiscale-flow"  # a MultiscaleFlow: its layers can be inspected
     CONSTANT_VOLUME = "constant-volume"  # log|det J| does not depend on x (CV-Glow)
     MEMORY_LIGHT = "memory-light"  # set_memory_light(True): recompute activations in backward
@@ -194,6 +205,15 @@ ModelKind = Literal["density", "classifier"]
 
 
 @dataclass(frozen=True)
+class Term:
+    """One per-image statistic of a decomposition: ``log_prob = sum(sign * stat[key])``."""
+
+    key: str  # the statistic's name in log_prob_terms (e.g. "log_pz")
+    label: str  # how tables name it (e.g. "density term log p(z)")
+    sign: float = 1.0  # +1 if it adds to log_prob, -1 if it is subtracted (a VAE's KL)
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """One model family, registered once from its own module.
 
@@ -214,6 +234,10 @@ class FamilySpec:
     train_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # per train preset, DataConfig fields that differ for this family ("cpu": {"val_size": 500})
     data_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the terms log_prob adds up from (Capability.TERM_DECOMPOSITION): flows' density and
+    # volume terms, a VAE's reconstruction and KL, a diffusion model's prior, diffusion and
+    # reconstruction terms; the decomposition study shows which one prefers an OOD set
+    decomposition: tuple[Term, ...] = ()
     # named architecture variants on top of any size preset: alias -> config field overrides
     aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""  # one line for `dgmood models`

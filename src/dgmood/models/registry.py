@@ -31,6 +31,12 @@ def register_family(spec: FamilySpec) -> FamilySpec:
         )
     if spec.name in _FAMILIES and _FAMILIES[spec.name] is not spec:
         raise ValueError(f"a model family named {spec.name!r} is already registered")
+    has_terms = Capability.TERM_DECOMPOSITION in spec.capabilities
+    if has_terms != bool(spec.decomposition):
+        raise ValueError(
+            f"family {spec.name!r}: Capability.TERM_DECOMPOSITION and a non-empty "
+            "FamilySpec.decomposition go together"
+        )
     for required in ("tiny", "cpu"):
         if required not in spec.presets:
             raise ValueError(f"family {spec.name!r} needs a {required!r} preset")

@@ -125,6 +125,20 @@ class Score(ABC):
     def score(self, data: ScoreInput) -> np.ndarray:
         """One float64 score per image, higher = more likely OOD."""
 
+    def network_evaluations(
+        self, run: LoadedRun, aux_runs: Mapping[str, LoadedRun] | None = None
+    ) -> float | None:
+        """Forward passes of model networks per scored image (the benchmark's cost column):
+        by default the main run's and each auxiliary run's passes for their cached
+        statistics (0 for a model-free score). A score that runs the model itself
+        (:attr:`uses_model`) says its own count, or None when it has none to state."""
+        if self.model_free:
+            return 0.0
+        if self.uses_model:
+            return None
+        runs = [run, *(aux_runs or {}).values()]
+        return float(sum(r.model.network_evaluations() for r in runs))
+
     def applies_to(self, run: LoadedRun) -> bool:
         """Whether this score can be computed with ``run`` as the main run: a model of its
         kind whose family has every capability it :attr:`requires` (a :attr:`model_free`

@@ -16,7 +16,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from dgmood.io import Progress
+from dgmood.runs import LoadedRun
 from dgmood.scores.base import Score, ScoreInput, register_score
 
 ArrayLike = Tensor | np.ndarray
@@ -310,6 +311,12 @@ class Odin(Score):
     ) -> None:
         _check_temperature(temperature)
         self.temperature, self.epsilon, self.batch_size = temperature, epsilon, batch_size
+
+    def network_evaluations(
+        self, run: LoadedRun, aux_runs: Mapping[str, LoadedRun] | None = None
+    ) -> float | None:
+        """A forward and a backward pass to perturb the input, then a forward pass."""
+        return 3.0
 
     def score(self, data: ScoreInput) -> np.ndarray:
         from dgmood.data.dequantize import to_model_input

@@ -10,7 +10,7 @@ References: Kingma, Salimans, Poole & Ho, "Variational Diffusion Models", NeurIP
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import numpy as np
@@ -63,6 +63,11 @@ class DiffusionScore(Score):
     @abstractmethod
     def nfe(self) -> int:
         """Network evaluations per scored image (fit excluded)."""
+
+    def network_evaluations(
+        self, run: LoadedRun, aux_runs: Mapping[str, LoadedRun] | None = None
+    ) -> float | None:
+        return float(self.nfe)
 
     def per_image(
         self,

@@ -6,6 +6,7 @@ Variational Auto-encoder", NeurIPS 2020.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -120,6 +121,14 @@ class LikelihoodRegret(Score):
     ) -> None:
         self.steps, self.lr, self.n_samples = steps, lr, n_samples
         self.batch_size, self.seed = batch_size, seed
+
+    def network_evaluations(
+        self, run: LoadedRun, aux_runs: Mapping[str, LoadedRun] | None = None
+    ) -> float | None:
+        """Each optimiser step runs the encoder and the decoder forward and backward
+        (``n_samples`` decoder passes), plus the ELBO before and after."""
+        per_elbo = 1 + self.n_samples
+        return float((self.steps + 2) * per_elbo * 2)
 
     def score(self, data: ScoreInput) -> np.ndarray:
         from dgmood.data.dequantize import to_model_input

@@ -72,6 +72,9 @@ class BenchmarkRow:
     model: str
     comparison: ScoreComparison
     aux_train_seconds: float  # training time of the score's auxiliary runs (0 = none)
+    # forward passes of model networks per scored image (Score.network_evaluations; None:
+    # not stated): a diffusion score costs tens of passes where a flow's likelihood costs one
+    network_evaluations: float | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,12 @@ def benchmark_model(
                 raise ValueError(f"two scores ask for different auxiliary runs named {aux_name!r}")
             seconds += training_seconds(aux[aux_name])
         aux_seconds[score.name] = seconds
+    passes = {
+        score.name: score.network_evaluations(
+            run, {name: aux[name] for name in score.aux_runs(run.config)}
+        )
+        for score in scores
+    }
     if not scores:
         return []
     with ctx.timed("score sets"):
@@ -203,7 +212,7 @@ def benchmark_model(
                 )
                 continue
         cells = [
-            BenchmarkRow(in_dataset, c.ood_label, model, c, aux_seconds[c.score])
+            BenchmarkRow(in_dataset, c.ood_label, model, c, aux_seconds[c.score], passes[c.score])
             for c in comparisons
         ]
         rows += cells
@@ -309,6 +318,7 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
                 m.aupr_in,
                 m.fpr95_in,
                 r.comparison.seconds_per_image * 1e3,
+                r.network_evaluations,
                 r.aux_train_seconds,
                 m.n_in,
                 m.n_out,
@@ -329,6 +339,7 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
             "AUPR (in positive)",
             "FPR@95TPR",
             "ms per image",
+            "network evaluations per image",
             "aux training (s)",
             "n in",
             "n OOD",
@@ -339,8 +350,12 @@ def benchmark_table(rows: Sequence[BenchmarkRow]) -> Table:
         "bootstrap 95% confidence interval. FPR@95TPR: fraction of OOD images accepted when "
         "95% of in-distribution test images are accepted (Hendrycks & Gimpel, OpenOOD). "
         "ms per image: computing the score from the model's cached per-sample statistics "
-        "(the model's forward pass, shared by all its scores, is not included); aux training: "
-        "seconds spent training the auxiliary runs the score needs (background models, ...).",
+        "(the model's forward pass, shared by all its scores, is not included); network "
+        "evaluations per image: forward passes of model networks per scored image, that pass "
+        "included (a flow's likelihood: 1; a VAE's ELBO: encoder + decoder per latent; a "
+        "diffusion model's bound: one denoiser pass per timestep; blank: not stated); aux "
+        "training: seconds spent training the auxiliary runs the score needs (background "
+        "models, ...).",
     )
 
 
@@ -466,7 +481,7 @@ class Benchmark(Study[BenchmarkOptions]):
         baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
         like = model_free_format(ctx, in_dataset, o.models)
         model_free_rows = [
-            BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0)
+            BenchmarkRow(in_dataset, c.ood_label, MODEL_FREE_MODEL, c, 0.0, 0.0)
             for c in model_free_comparisons(ctx, in_dataset, ood, baselines, like)
         ]
         grid.rows += model_free_rows

@@ -24,7 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import Capability, DensityModel, FamilySpec, InputSpec, bits_per_dim
+from dgmood.models.base import (
+    Capability,
+    DensityModel,
+    FamilySpec,
+    InputSpec,
+    Term,
+    bits_per_dim,
+)
 from dgmood.models.diffusion.bound import (
     diffusion_loss_weight,
     level_index,
@@ -234,6 +241,10 @@ class VariationalDiffusion(DensityModel):
             loss = weight * per_image_sum((eps_chunk - eps_hat).square())
             columns.append(loss.view(stop - start, batch).T)
         return torch.cat(columns, dim=1)
+
+    def network_evaluations(self) -> int:
+        """One denoiser pass per stratified timestep of the bound (``eval_timesteps``)."""
+        return self.eval_timesteps
 
     def log_prob_terms(self, x: Tensor) -> dict[str, Tensor]:
         """The ELBO and its terms with ``eval_timesteps`` fresh stratified timesteps per image."""
@@ -450,7 +461,15 @@ register_family(
                 Capability.STOCHASTIC_LOG_PROB,
                 Capability.SAMPLING,
                 Capability.DENOISER,
+                Capability.TERM_DECOMPOSITION,
             }
+        ),
+        # the bound = prior + diffusion + reconstruction terms (Kingma et al. 2021, Eq. 11),
+        # each a log-term per image: the analogue of a flow's density and volume terms
+        decomposition=(
+            Term("prior", "prior term -KL(q(z_1|x) || p(z_1))"),
+            Term("diffusion", "diffusion term -L_infinity(x)"),
+            Term("reconstruction", "reconstruction term log p(x|z_0)"),
         ),
         train_overrides=TRAIN_OVERRIDES,
         # validation costs eval_timesteps network passes per image: a smaller set

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from torch import Tensor
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import Capability, FamilySpec, InputSpec
+from dgmood.models.base import Capability, FamilySpec, InputSpec, Term
 from dgmood.models.flows.actnorm import ActNorm
 from dgmood.models.flows.bijection import Bijection, Compose, Squeeze
 from dgmood.models.flows.conv1x1 import InvertibleConv1x1, LUInvertibleConv1x1
@@ -169,11 +169,19 @@ _FLOW_CAPABILITIES = frozenset(
     {
         Capability.EXACT_LIKELIHOOD,
         Capability.LOG_DET_DECOMPOSITION,
+        Capability.TERM_DECOMPOSITION,
         Capability.MULTISCALE_FLOW,
         Capability.MEMORY_LIGHT,
         Capability.BF16_SAFE,
         Capability.SAMPLING,
     }
+)
+
+
+# log p(x) = log p(z) + log|det J|: Nalisnick et al. 2019, Section 4
+FLOW_TERMS = (
+    Term("log_pz", "density term log p(z)"),
+    Term("log_abs_det_jacobian", "volume term log|det J|"),
 )
 
 
@@ -199,6 +207,7 @@ register_family(
         },
         capabilities=_FLOW_CAPABILITIES,
         config_capabilities=_glow_capabilities,
+        decomposition=FLOW_TERMS,
         aliases={
             "glow-additive": {"coupling": "additive"},
             # constant-volume Glow (Nalisnick et al. 2019, section 5)
@@ -219,5 +228,6 @@ register_family(
             "paper": RealNVPConfig(n_levels=3, hidden_channels=64, n_blocks=8),
         },
         capabilities=_FLOW_CAPABILITIES,
+        decomposition=FLOW_TERMS,
     )
 )

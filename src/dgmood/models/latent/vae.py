@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dgmood.config import DataConfig, ModelConfig
-from dgmood.models.base import Capability, DensityModel, FamilySpec, bits_per_dim
+from dgmood.models.base import Capability, DensityModel, FamilySpec, Term, bits_per_dim
 from dgmood.models.latent.likelihoods import LIKELIHOODS, PixelLikelihood
 from dgmood.models.latent.networks import ConvDecoder, ConvEncoder
 from dgmood.models.latent.posteriors import (
@@ -121,6 +121,10 @@ class VAE(DensityModel):
         kl = self.posterior.kl_to_prior(features, z, log_q).mean(0)
         elbo = reconstruction - kl
         return {"log_prob": elbo, "elbo": elbo, "reconstruction": reconstruction, "kl": kl}
+
+    def network_evaluations(self) -> int:
+        """The encoder once and the decoder for each of the ``n_samples`` latents."""
+        return 1 + self.n_samples
 
     def iwae_log_prob(
         self,
@@ -270,7 +274,13 @@ register_family(
                 Capability.LATENT_POSTERIOR,
                 Capability.RECONSTRUCTION,
                 Capability.SAMPLING,
+                Capability.TERM_DECOMPOSITION,
             }
+        ),
+        # the ELBO = E_q log p(x|z) - KL(q(z|x) || p(z))
+        decomposition=(
+            Term("reconstruction", "reconstruction E_q log p(x|z)"),
+            Term("kl", "KL(q(z|x) || p(z))", sign=-1.0),
         ),
         train_overrides={"cpu": {"steps": 1500, "eval_every": 500, "checkpoint_every": 250}},
         # architecture variants on top of any size preset: `dgmood train vae-realnvp --preset paper`
