@@ -133,10 +133,11 @@ def test_noise_is_uniform_in_every_sub_pixel(tmp_path: Path, channels: int) -> N
         load_dataset("noise", "train", data_dir=tmp_path)
 
 
-def test_datasets_command_lists_the_colour_ood_sets() -> None:
-    from dgmood.cli.main import app
+def test_datasets_command_lists_the_colour_ood_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgmood.cli import main
 
-    result = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "400"})
+    monkeypatch.setattr(main.console, "width", 400)  # one line per dataset
+    result = CliRunner().invoke(main.app, ["datasets"])
     assert result.exit_code == 0, result.output
     lines = {line.split()[1]: line for line in result.output.splitlines() if line.count("│") > 3}
     for name in ("cifar10", "gtsrb", "constant", "noise", "mnist", "svhn", "celeba"):

@@ -7,6 +7,7 @@ import functools
 import inspect
 import re
 import shlex
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(soft_wrap=True)  # long paths and markdown rows stay on one line
+# long paths and markdown rows stay on one line; into a pipe or a file (no terminal to fit),
+# tables get room for their cells instead of the 80 columns rich assumes there
+PIPE_WIDTH = 200
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
