@@ -386,3 +386,22 @@ def test_study_commands_share_one_declaration_of_the_study_context_options(
         assert (ctx.out_dir, ctx.preset, ctx.steps, ctx.limit) == (Path(out), "tiny", 3, 7)
         assert (ctx.resume, ctx.device, ctx.progress) == (True, "cpu", False)
         assert (ctx.sources.data_dir, ctx.sources.mirror, ctx.sources.download) == ("d", "m", True)
+
+
+@pytest.mark.slow
+def test_two_studies_share_one_runs_dir(tmp_path: Path, mirror: Path) -> None:
+    """--runs-dir: the second study finds the first one's run by what it is and trains
+    nothing (its weights are not written again)."""
+    common = ["--preset", "tiny", "--steps", "2", "--limit", "16", "--no-progress"]
+    common += ["--mirror", str(mirror), "--runs-dir", str(tmp_path / "shared")]
+    first = invoke("reproduce", "fashion-mnist", "--out-dir", str(tmp_path / "a"), *common)
+    assert first.exit_code == 0, first.output
+    (run_dir,) = (tmp_path / "shared").iterdir()
+    written = (run_dir / "model.safetensors").stat().st_mtime_ns
+    second = invoke(
+        "reproduce", "graying", "--out-dir", str(tmp_path / "b"), *common, "-o", "alphas=[0.5]"
+    )
+    assert second.exit_code == 0, second.output
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == [run_dir.name]
+    assert (run_dir / "model.safetensors").stat().st_mtime_ns == written
+    assert not (tmp_path / "a" / "runs").exists() and not (tmp_path / "b" / "runs").exists()

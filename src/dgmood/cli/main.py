@@ -423,6 +423,13 @@ def _study_context_options(
     nproc: Annotated[
         int, typer.Option(help="Data-parallel training processes per run (torch's launcher).")
     ] = 1,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the runs live (default OUT_DIR/runs): point several studies at one "
+            "folder and each run is trained once, found by what it is."
+        ),
+    ] = None,
 ) -> StudyContextFor:
     """The options of every command that runs a study, as its context for a given out dir."""
 
@@ -444,6 +451,7 @@ def _study_context_options(
             resume=resume,
             progress=progress,
             nproc=nproc,
+            runs_root=runs_dir,
         )
 
     return context
