@@ -314,7 +314,8 @@ class RunConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclass_to_dict(self)
+        result: dict[str, Any] = dataclass_to_dict(self)
+        return result
 
     def identity(self) -> dict[str, Any]:
         """What is trained: model, data and training config, each field that differs from
@@ -389,7 +390,8 @@ def with_budget(config: T, minutes: float, steps: int | None = None) -> T:
     """``config`` trained for ``minutes`` of wall time: ``execution.budget_minutes`` set and,
     unless ``steps`` caps it, ``train.steps`` unlimited (the budget ends the run)."""
     config = replace_path(config, "execution.budget_minutes", minutes)
-    return replace_path(config, "train.steps", steps if steps is not None else UNTIL_BUDGET)
+    result: T = replace_path(config, "train.steps", steps if steps is not None else UNTIL_BUDGET)
+    return result
 
 
 def apply_overrides(config: T, assignments: Iterable[str]) -> T:

@@ -55,7 +55,8 @@ def center_crop_square(image: Image.Image, side: int | None = None) -> Image.Ima
     ``round(margin / 2)`` says (round half to even).
     """
     side = min(image.size) if side is None else side
-    return TF.center_crop(image, [side, side])
+    result: Image.Image = TF.center_crop(image, [side, side])
+    return result
 
 
 def to_size(images: Tensor, size: int, upscale: str = "pad") -> Tensor:
@@ -76,7 +77,8 @@ def to_size(images: Tensor, size: int, upscale: str = "pad") -> Tensor:
         pad = (size - height) // 2
         return F.pad(images, (pad, pad, pad, pad), value=0)
     resized = TF.resize(images.to(torch.float32), [size, size], antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    result: Tensor = resized.round().clamp(0, 255).to(torch.uint8)
+    return result
 
 
 def match_format(imageset: ImageSet, channels: int, size: int, upscale: str = "pad") -> ImageSet:

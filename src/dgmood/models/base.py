@@ -46,7 +46,8 @@ class InputSpec:
 
     @property
     def n_levels(self) -> int:
-        return 2**self.n_bits
+        result: int = 2**self.n_bits
+        return result
 
     def log_bin_volume(self) -> float:
         """log of the volume of one quantization bin on the continuous scale, for all D dims.

@@ -109,7 +109,8 @@ class ZeroConv2d(nn.Module):
         self.logscale_factor = logscale_factor
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x) * torch.exp(self.logs * self.logscale_factor)
+        result: Tensor = self.conv(x) * torch.exp(self.logs * self.logscale_factor)
+        return result
 
 
 class GlowConditioner(nn.Module):
@@ -154,7 +155,8 @@ class GlowConditioner(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.fold or (self.training and not self._initialized()):
-            return self.net(x)  # data-dependent init needs the unfolded activations
+            result: Tensor = self.net(x)  # data-dependent init needs the unfolded activations
+            return result
         folded = eval_cached(self, "folded", [*self.parameters()], self._folded)
         (w_in, b_in), (w_mid, b_mid), (w_out, b_out) = folded
         h = F.relu(F.conv2d(x, w_in, b_in, padding=1))
@@ -177,7 +179,8 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)
+        result: Tensor = x + self.net(x)
+        return result
 
 
 class ResNetConditioner(nn.Module):
@@ -199,4 +202,5 @@ class ResNetConditioner(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        result: Tensor = self.net(x)
+        return result

@@ -42,7 +42,8 @@ def has_native_bf16(device: torch.device | str = "cpu") -> bool:
         return False
     flags = cpu_flags()
     native = bool({"avx512_bf16", "amx_bf16"} & flags)
-    return native and torch.backends.mkldnn.is_available()
+    # torch.backends.mkldnn.is_available has no annotations: its value is a plain bool
+    return native and bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
 
 
 def resolve_precision(precision: Precision, device: torch.device | str = "cpu") -> str:

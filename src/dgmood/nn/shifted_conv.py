@@ -64,7 +64,8 @@ class DownShiftedConv2d(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, self.padding))
+        result: Tensor = self.conv(F.pad(x, self.padding))
+        return result
 
 
 class DownRightShiftedConv2d(nn.Module):
@@ -87,7 +88,8 @@ class DownRightShiftedConv2d(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, self.padding))
+        result: Tensor = self.conv(F.pad(x, self.padding))
+        return result
 
 
 class DownShiftedConvTranspose2d(nn.Module):
@@ -121,7 +123,8 @@ class DownShiftedConvTranspose2d(nn.Module):
         half_width = (kernel_width - 1) // 2
         height, width = out.shape[-2:]
         # dropping the bottom rows keeps every output row fed only by rows above it
-        return out[:, :, : height - kernel_height + 1, half_width : width - half_width]
+        result: Tensor = out[:, :, : height - kernel_height + 1, half_width : width - half_width]
+        return result
 
 
 class DownRightShiftedConvTranspose2d(nn.Module):
@@ -148,4 +151,5 @@ class DownRightShiftedConvTranspose2d(nn.Module):
         out = self.conv(x)
         kernel_height, kernel_width = self.kernel_size
         height, width = out.shape[-2:]
-        return out[:, :, : height - kernel_height + 1, : width - kernel_width + 1]
+        result: Tensor = out[:, :, : height - kernel_height + 1, : width - kernel_width + 1]
+        return result

@@ -4,8 +4,8 @@
 score is one module here plus one import line below.
 """
 
+from dgmood.models.base import ModelKind
 from dgmood.scores.base import (
-    ModelKind,
     Score,
     ScoreInput,
     make_score,

@@ -111,7 +111,8 @@ def odin_logits(
             (gradient,) = torch.autograd.grad(log_prob_predicted.sum(), inputs)
         perturbed = x.detach() + epsilon * gradient.sign()
         with torch.no_grad():
-            return model(perturbed).detach()
+            result: Tensor = model(perturbed).detach()
+            return result
     finally:
         model.train(was_training)
 

@@ -82,14 +82,18 @@ def compressed_bits_per_dim(images: Tensor, codec: str) -> np.ndarray:
     encode = CODECS[codec]
     steps = progress(arrays, f"compress {codec}", unit="images")  # 1-2 minutes per model
     sizes = np.array([len(encode(np.ascontiguousarray(a))) for a in steps], dtype=np.float64)
-    return 8.0 * (sizes - overhead) / arrays[0].size
+    result: np.ndarray = 8.0 * (sizes - overhead) / arrays[0].size
+    return result
 
 
 def input_complexity_score(
     bits_per_dim: np.ndarray, complexity_bits_per_dim: np.ndarray
 ) -> np.ndarray:
     """``S(x) = -log2 p(x) / D - L(x)``: likelihood beyond what a generic compressor explains."""
-    return np.asarray(bits_per_dim, dtype=np.float64) - np.asarray(complexity_bits_per_dim)
+    result: np.ndarray = np.asarray(bits_per_dim, dtype=np.float64) - np.asarray(
+        complexity_bits_per_dim
+    )
+    return result
 
 
 class InputComplexity(Score):

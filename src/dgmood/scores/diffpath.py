@@ -188,7 +188,8 @@ class DiffPath1D(_PathScore):
 
     @staticmethod
     def curvature_norm(features: np.ndarray) -> np.ndarray:
-        return np.sqrt(features[:, [PATH_FEATURES.index("deps_dt_sum_sq")]])
+        result: np.ndarray = np.sqrt(features[:, [PATH_FEATURES.index("deps_dt_sum_sq")]])
+        return result
 
     def fit(self, train: ScoreInput) -> DiffPath1D:
         statistic = self.curvature_norm(self._fit_features(train))

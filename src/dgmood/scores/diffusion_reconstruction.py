@@ -201,4 +201,5 @@ class DiffusionReconstruction(DiffusionScore):
         z_scores = np.zeros((len(data), len(self.log_snrs)))
         for metric in self.metrics:
             z_scores += (errors[metric] - self.means[metric]) / self.stds[metric]
-        return z_scores.mean(1)
+        result: np.ndarray = z_scores.mean(1)
+        return result

@@ -68,7 +68,8 @@ def likelihood_regret(
         image = image.unsqueeze(0)
         z, kl = functional_call(inference, p, (image, eps.unsqueeze(1)))
         reconstruction = model._reconstruction_log_prob(image, z)
-        return -(reconstruction - kl).mean()
+        result: Tensor = -(reconstruction - kl).mean()
+        return result
 
     step_fn = vmap(grad_and_value(negative_elbo), in_dims=(0, 0, 1))
     first: dict[str, Tensor] = {k: torch.zeros_like(v) for k, v in params.items()}

@@ -34,7 +34,9 @@ def batch_mean_nll(
     values = np.asarray(nll, dtype=np.float64)
     if values.size == 0:
         raise ValueError("need at least one NLL value")
-    return values[rng.integers(0, values.size, size=(n_batches, batch_size))].mean(axis=1)
+    picks = rng.integers(0, values.size, size=(n_batches, batch_size))
+    result: np.ndarray = values[picks].mean(axis=1)
+    return result
 
 
 def fit_typical_set(

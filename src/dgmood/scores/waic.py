@@ -27,7 +27,8 @@ def waic_score(member_log_probs: Sequence[np.ndarray] | np.ndarray) -> np.ndarra
         raise ValueError(
             f"WAIC needs log-probabilities of >= 2 members as [K, N], got {log_probs.shape}"
         )
-    return -(log_probs.mean(axis=0) - log_probs.var(axis=0, ddof=1))
+    result: np.ndarray = -(log_probs.mean(axis=0) - log_probs.var(axis=0, ddof=1))
+    return result
 
 
 @register_score

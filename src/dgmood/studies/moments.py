@@ -84,7 +84,9 @@ def channel_variance_sums(
     variance: np.ndarray, reference: np.ndarray, shape: tuple[int, ...]
 ) -> np.ndarray:
     """Per channel: ``sum_{h,w} (sigma^2 - sigma^2_reference)``, in the variances' units."""
-    return (np.asarray(variance) - np.asarray(reference)).reshape(shape).sum(axis=(1, 2))
+    difference = (np.asarray(variance) - np.asarray(reference)).reshape(shape)
+    result: np.ndarray = difference.sum(axis=(1, 2))
+    return result
 
 
 @register_study

@@ -428,7 +428,7 @@ class _Session:
     def update(self, loss: Tensor) -> float:
         """One optimiser step on ``loss``; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated
         grad_clip = self.config.train.grad_clip
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip))

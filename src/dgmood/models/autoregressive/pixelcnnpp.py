@@ -233,7 +233,8 @@ class GatedResNet(nn.Module):
             hidden = hidden + self.skip(concat_elu(skip))
         hidden = self.conv_out(self.dropout(concat_elu(hidden)))
         value, gate = hidden.chunk(2, dim=1)
-        return x + value * torch.sigmoid(gate)
+        result: Tensor = x + value * torch.sigmoid(gate)
+        return result
 
 
 def _blocks(stage: nn.Module) -> list[GatedResNet]:
@@ -354,7 +355,8 @@ class PixelCNNppNetwork(nn.Module):
             if stage < self.n_downsample:
                 u = self.upsize_u[stage](u)
                 ul = self.upsize_ul[stage](ul)
-        return self.out(F.elu(ul))
+        result: Tensor = self.out(F.elu(ul))
+        return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,7 +409,8 @@ class PixelCNNpp(DensityModel):
     def mixture_params(self, x: Tensor) -> Tensor:
         """Raw mixture parameters ``[B, P, H, W]``; pixel ``(i, j)`` sees only earlier pixels."""
         self._check_shape(x)
-        return self.network(x)
+        result: Tensor = self.network(x)
+        return result
 
     def log_prob_terms(self, x: Tensor) -> dict[str, Tensor]:
         params = self.mixture_params(x)

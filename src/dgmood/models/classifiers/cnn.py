@@ -118,11 +118,13 @@ class MNISTCNN(Classifier):
                 f", got {list(x.shape)}; convert with dgmood.data.images.mnistify or "
                 "dgmood.data.transforms.to_channels"
             )
-        return self.hidden(self.conv((x - self.input_shift) / self.input_scale))
+        result: Tensor = self.hidden(self.conv((x - self.input_shift) / self.input_scale))
+        return result
 
     def head(self, features: Tensor) -> Tensor:
         """Logits ``[B, num_classes]`` from penultimate features."""
-        return self.classifier(self.dropout(features))
+        result: Tensor = self.classifier(self.dropout(features))
+        return result
 
 
 def build_cnn(config: CNNConfig, data: DataConfig) -> MNISTCNN:

@@ -95,7 +95,8 @@ class ResidualBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.cond(cond)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        result: Tensor = self.skip(x) + h
+        return result
 
 
 class AttentionBlock(nn.Module):
@@ -115,7 +116,8 @@ class AttentionBlock(nn.Module):
             k.transpose(1, 2).unsqueeze(1),
             v.transpose(1, 2).unsqueeze(1),
         )  # [B, 1, HW, C]
-        return x + self.proj(attended.squeeze(1).transpose(1, 2).reshape(b, c, h, w))
+        result: Tensor = x + self.proj(attended.squeeze(1).transpose(1, 2).reshape(b, c, h, w))
+        return result
 
 
 class Downsample(nn.Module):
@@ -124,7 +126,8 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        result: Tensor = self.conv(x)
+        return result
 
 
 class Upsample(nn.Module):
@@ -133,7 +136,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        result: Tensor = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return result
 
 
 class NoisePredictionUNet(nn.Module):
@@ -253,7 +257,8 @@ class NoisePredictionUNet(nn.Module):
             else:
                 h = module(torch.cat([h, skips.pop()], dim=1), cond)
         assert not skips
-        return z + self.conv_out(F.silu(self.norm_out(h)))
+        result: Tensor = z + self.conv_out(F.silu(self.norm_out(h)))
+        return result
 
 
 class _BlockWithAttention(nn.Module):
@@ -264,4 +269,5 @@ class _BlockWithAttention(nn.Module):
         self.block, self.attention = block, attention
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        return self.attention(self.block(x, cond))
+        result: Tensor = self.attention(self.block(x, cond))
+        return result

@@ -137,7 +137,8 @@ class VariationalDiffusion(DensityModel):
 
     def gamma(self, t: Tensor) -> Tensor:
         """``gamma(t) = -log SNR(t)`` of the model's schedule."""
-        return self.schedule(t)
+        result: Tensor = self.schedule(t)
+        return result
 
     @staticmethod
     def alpha_sigma(gamma: Tensor) -> tuple[Tensor, Tensor]:

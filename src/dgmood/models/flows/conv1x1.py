@@ -22,7 +22,8 @@ def mix_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
 
 def _random_rotation(num_channels: int, generator: torch.Generator | None = None) -> Tensor:
     q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=generator))
-    return q
+    result: Tensor = q
+    return result
 
 
 class InvertibleConv1x1(Bijection):
@@ -44,16 +45,20 @@ class InvertibleConv1x1(Bijection):
 
     def log_abs_det(self) -> Tensor:
         """``log|det W|`` (per pixel)."""
-        return eval_cached(
+        result: Tensor = eval_cached(
             self, "log_abs_det", self.sources(), lambda: torch.linalg.slogdet(self.matrix())[1]
         )
+        return result
 
     def weight_matrix(self) -> Tensor:
         """``W``, cached in evaluation (see :mod:`dgmood.nn.eval_cache`)."""
         return eval_cached(self, "matrix", self.sources(), self.matrix)
 
     def inverse_matrix(self) -> Tensor:
-        return eval_cached(self, "inverse", self.sources(), lambda: torch.linalg.inv(self.matrix()))
+        result: Tensor = eval_cached(
+            self, "inverse", self.sources(), lambda: torch.linalg.inv(self.matrix())
+        )
+        return result
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         log_det = spatial_size(x) * self.log_abs_det()

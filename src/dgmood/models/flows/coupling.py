@@ -110,7 +110,8 @@ class Coupling(Bijection):
     def _params(self, fixed: Tensor, free: Tensor) -> Tensor:
         # under bf16 autocast the conditioner runs in bf16; the transform and its
         # log-determinant stay in the data's precision
-        return self.conditioner(fixed).to(free.dtype)
+        result: Tensor = self.conditioner(fixed).to(free.dtype)
+        return result
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         fixed, free = self._partition(x)

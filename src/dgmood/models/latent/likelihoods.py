@@ -28,7 +28,8 @@ class PixelLikelihood(nn.Module, ABC):
 
     @property
     def n_levels(self) -> int:
-        return 2**self.n_bits
+        result: int = 2**self.n_bits
+        return result
 
     def input_spec(self, shape: tuple[int, int, int]) -> InputSpec:
         """The :class:`InputSpec` of a model using this likelihood on images of ``shape``."""

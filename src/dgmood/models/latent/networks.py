@@ -33,7 +33,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # centre the [0, 1] inputs so the first layer sees zero-mean values
-        return self.layers(2.0 * x - 1.0)
+        result: Tensor = self.layers(2.0 * x - 1.0)
+        return result
 
 
 class ConvDecoder(nn.Module):
@@ -66,4 +67,5 @@ class ConvDecoder(nn.Module):
         return layer
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.layers(z).unflatten(1, (self.out_channels, self.params_per_subpixel))
+        result: Tensor = self.layers(z).unflatten(1, (self.out_channels, self.params_per_subpixel))
+        return result

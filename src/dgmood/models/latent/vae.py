@@ -92,11 +92,13 @@ class VAE(DensityModel):
     def encode(self, x: Tensor) -> Tensor:
         """Encoder features ``[B, feature_dim]`` that parameterise q(z | x)."""
         self._check_input(x)
-        return self.encoder(x)
+        result: Tensor = self.encoder(x)
+        return result
 
     def decode(self, z: Tensor) -> Tensor:
         """Likelihood parameters ``[N, C, P, H, W]`` of p(x | z) for latents ``[N, L]``."""
-        return self.decoder(z)
+        result: Tensor = self.decoder(z)
+        return result
 
     def _reconstruction_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) for latents ``z [S, B, L]``, shape ``[S, B]``."""
