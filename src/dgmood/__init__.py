@@ -28,6 +28,9 @@ _EXPORTS = {
     "DataSources": "dgmood.data.loading",
     "ImageSet": "dgmood.data.imageset",
     "load_dataset": "dgmood.data.datasets",
+    "DatasetSpec": "dgmood.data.registry",
+    "LoadRequest": "dgmood.data.registry",
+    "register_dataset": "dgmood.data.registry",
     # configs and presets
     "RunConfig": "dgmood.config",
     "ModelConfig": "dgmood.config",
@@ -68,10 +71,12 @@ __all__ = [
     "Classifier",
     "DataConfig",
     "DataSources",
+    "DatasetSpec",
     "DensityModel",
     "FamilySpec",
     "ImageSet",
     "InputSpec",
+    "LoadRequest",
     "LoadedRun",
     "ModelConfig",
     "RunConfig",
@@ -86,6 +91,7 @@ __all__ = [
     "load_run",
     "make_score",
     "ood_metrics",
+    "register_dataset",
     "register_family",
     "register_score",
     "register_study",
@@ -100,6 +106,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'dgmood' has no attribute {name!r}")
+    if name in ("register_dataset", "load_dataset", "DatasetSpec", "LoadRequest"):
+        importlib.import_module("dgmood.data.datasets")  # the built-in datasets register
     if name in ("make_score", "register_score", "Score", "ScoreInput"):
         importlib.import_module("dgmood.scores")  # the built-in scores register on import
     if name in ("run_study", "Study", "StudyContext", "register_study"):
@@ -118,6 +126,7 @@ if TYPE_CHECKING:
     from dgmood.data.datasets import load_dataset
     from dgmood.data.imageset import ImageSet
     from dgmood.data.loading import DataSources
+    from dgmood.data.registry import DatasetSpec, LoadRequest, register_dataset
     from dgmood.evaluation.metrics import ood_metrics
     from dgmood.inference import score_images
     from dgmood.models.base import Capability, Classifier, DensityModel, FamilySpec, InputSpec

@@ -51,7 +51,15 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register(spec: DatasetSpec) -> None:
+    """Make ``spec`` loadable by name everywhere a dataset name is taken (``dgmood datasets``)."""
+    if spec.name.startswith("folder:") or not spec.name:
+        raise ValueError(f"{spec.name!r} is not a dataset name (folder:PATH is taken)")
+    if spec.name in DATASETS and DATASETS[spec.name] is not spec:
+        raise ValueError(f"a dataset named {spec.name!r} is already registered")
     DATASETS[spec.name] = spec
+
+
+register_dataset = register  # the public name (dgmood.register_dataset)
 
 
 def dataset_names() -> list[str]:
