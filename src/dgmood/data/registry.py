@@ -50,7 +50,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register(spec: DatasetSpec) -> None:
+def register_dataset(spec: DatasetSpec) -> None:
     """Make ``spec`` loadable by name everywhere a dataset name is taken (``dgmood datasets``)."""
     if spec.name.startswith("folder:") or not spec.name:
         raise ValueError(f"{spec.name!r} is not a dataset name (folder:PATH is taken)")
@@ -59,7 +59,7 @@ def register(spec: DatasetSpec) -> None:
     DATASETS[spec.name] = spec
 
 
-register_dataset = register  # the public name (dgmood.register_dataset)
+register = register_dataset  # the name the built-in readers use
 
 
 def dataset_names() -> list[str]:
