@@ -201,6 +201,10 @@ class FamilySpec:
     config_capabilities: Callable[[Any], frozenset[Capability]] | None = None
     # per train preset, TrainConfig fields that differ for this family ("cpu": {"steps": 1500})
     train_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # per train preset, TrainConfig fields that differ again for colour data (3 channels:
+    # CIFAR-10, SVHN, ...), applied on top of ``train_overrides``: natural colour images take
+    # longer to model than gray digits and clothes at the same size
+    colour_train_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # named architecture variants on top of any size preset: alias -> config field overrides
     aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""  # one line for `dgmood models`

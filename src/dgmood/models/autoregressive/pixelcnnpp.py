@@ -488,5 +488,7 @@ register_family(
             "cpu": {"steps": 500, "batch_size": 32, "lr": 2e-3},
             "paper": {"optimizer": "adam", "lr": 1e-3, "batch_size": 16},
         },
+        # CIFAR-10 at the cpu size: ~30 images/s of training on one loaded core (fp32)
+        colour_train_overrides={"cpu": {"steps": 1500, "eval_every": 500, "checkpoint_every": 100}},
     )
 )

@@ -245,6 +245,10 @@ register_family(
             }
         ),
         train_overrides={"cpu": {"steps": 1500, "eval_every": 500, "checkpoint_every": 250}},
+        # CIFAR-10 at the cpu size: ~280 images/s of training on one loaded core (fp32)
+        colour_train_overrides={
+            "cpu": {"steps": 6000, "eval_every": 1000, "checkpoint_every": 500}
+        },
         # architecture variants on top of any size preset: `dgmood train vae-realnvp --preset paper`
         aliases={
             "vae-bernoulli": {"likelihood": "bernoulli"},  # the chicken post (binarised)
