@@ -31,6 +31,7 @@ from dgmood.models.base import (
     bits_per_dim,
 )
 from dgmood.models.registry import model_capabilities, spec_of_model
+from dgmood.pretrained import writable_run_dir
 from dgmood.runs import SCORES_DIR, read_score_cache
 
 STOCHASTIC_BLOCK = 64  # images per RNG block for models whose score samples (VAEs)
@@ -141,11 +142,12 @@ def score_cached(
     progress: bool = True,
     iwae_k: int = 0,
 ) -> dict[str, np.ndarray]:
-    """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz``."""
+    """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz`` (for a
+    pretrained run, in its folder in the data directory: :func:`writable_run_dir`)."""
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
     options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
-    path = Path(run_dir) / SCORES_DIR / f"{key}.npz"
+    path = writable_run_dir(run_dir) / SCORES_DIR / f"{key}.npz"  # pretrained: the data dir
     cached = read_score_cache(path)  # a damaged cache file is removed and recomputed
     if cached is not None:
         return cached

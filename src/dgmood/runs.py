@@ -38,6 +38,7 @@ from dgmood.config import RunConfig
 from dgmood.io import atomic_path, remove_stale_parts
 from dgmood.models.base import Capability, Classifier, DensityModel, FamilySpec
 from dgmood.models.registry import build_model, capabilities, family_spec, models_with
+from dgmood.pretrained import is_reference, pretrained_name, resolve_run_dir
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -67,6 +68,11 @@ def _run_files(run_dir: Path) -> list[Path]:
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to reuse a non-empty ``run_dir`` unless resuming (changes nothing)."""
+    if is_reference(run_dir) or pretrained_name(run_dir):
+        raise RunDirError(
+            f"{run_dir} is a pretrained run shipped with dgmood and is never written to; "
+            "train into another --run-dir (its config: `dgmood pretrained`)"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file, not a directory")
     if not resume and run_dir.exists() and _run_files(run_dir):
@@ -364,8 +370,11 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the model of a run from its config and load its verified weights (eval mode)."""
-    run_dir = Path(run_dir)
+    """Rebuild the model of a run from its config and load its verified weights (eval mode).
+
+    ``run_dir`` is a folder or ``pretrained:NAME`` (a run shipped with dgmood, ``dgmood
+    pretrained``)."""
+    run_dir = resolve_run_dir(run_dir)
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
         raise RunDirError(

@@ -210,8 +210,7 @@ class Benchmark(Study[BenchmarkOptions]):
                 raise ValueError(f"no OOD set for {in_dataset}: give --ood other than itself")
             for model in o.models:
                 rows += benchmark_model(ctx, in_dataset, model, ood, o, scoring)
-                config = ctx.run_config(model, in_dataset)
-                runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+                runs[f"{in_dataset}-{model}"] = str(ctx.model_run_dir(model, in_dataset))
         missing = set(o.scores) - {r.comparison.score for r in rows}
         if o.scores and missing:
             raise ValueError(
