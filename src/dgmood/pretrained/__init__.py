@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -80,11 +81,7 @@ class PretrainedRun:
     @property
     def command(self) -> str:
         """The shell command that made the run (``--run-dir`` as ``runs/NAME``)."""
-        return " ".join(["dgmood", *map(_quote, self.argv), "--run-dir", f"runs/{self.name}"])
-
-
-def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(c in arg for c in " []{}*'\"$") else arg
+        return shlex.join(["dgmood", *self.argv, "--run-dir", f"runs/{self.name}"])
 
 
 def _measurement(data: Any) -> Measurement | None:
