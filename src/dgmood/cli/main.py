@@ -496,9 +496,8 @@ def evaluate(
     Example: dgmood evaluate runs/glow-fm --ood mnist --score nll --limit 2000
     """
     from dgmood.evaluation.compare import ScoringOptions
-    from dgmood.studies import evaluate_run
-
     from dgmood.pretrained import resolve_run_dir, writable_run_dir
+    from dgmood.studies import evaluate_run
 
     # a pretrained run is never written to: its eval folder is in the data directory
     out = out_dir or writable_run_dir(resolve_run_dir(run_dir)) / "eval"
