@@ -42,14 +42,17 @@ ORDER = (
     "glow-fashion-mnist",
     "pixelcnnpp-fashion-mnist",
     "vae-fashion-mnist",
+    "diffusion-fashion-mnist",  # the diffusion family's slot (not trained yet)
     "glow-mnist",
     "pixelcnnpp-mnist",
     "vae-mnist",
+    "diffusion-mnist",
     "cnn-plain-mnist",
     "vae-bernoulli-mnist",
     "glow-cifar10",
     "pixelcnnpp-cifar10",
     "vae-cifar10",
+    "diffusion-cifar10",
     "glow-tiny-fashion-mnist",
 )
 CHECK_IMAGES = 256
