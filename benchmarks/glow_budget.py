@@ -111,7 +111,7 @@ def train_slice(
         c.scheduler.step()
         c.step += 1
         if c.step % 50 == 0:
-            c.losses.append(round(float(loss), 4))
+            c.losses.append(round(float(loss.detach()), 4))
     c.wall_seconds += time.perf_counter() - started
     c.cpu_seconds += time.process_time() - cpu_started
 
