@@ -199,8 +199,8 @@ register_family(
         },
         capabilities=_FLOW_CAPABILITIES,
         config_capabilities=_glow_capabilities,
-        # CIFAR-10 at the cpu size: ~185 images/s of training in bf16 on one loaded core
-        # (docs/RESULTS.md, CIFAR-10), so 5000 x 64 is <= 30 minutes
+        # CIFAR-10 at the cpu size: ~0.16 CPU-seconds per step of 64 in bf16 (one thread),
+        # so 5000 steps are ~13 minutes of one core (docs/RESULTS.md, CIFAR-10)
         colour_train_overrides={
             "cpu": {"steps": 5000, "eval_every": 1000, "checkpoint_every": 250}
         },
@@ -225,6 +225,7 @@ register_family(
         },
         capabilities=_FLOW_CAPABILITIES,
         # CIFAR-10 at the cpu size: ~44 images/s of training in bf16 on one loaded core
+        # (benchmarks/throughput.py at load 7), so 1200 x 64 is <= 30 minutes
         colour_train_overrides={"cpu": {"steps": 1200, "eval_every": 400, "checkpoint_every": 100}},
     )
 )

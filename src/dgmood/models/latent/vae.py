@@ -245,7 +245,8 @@ register_family(
             }
         ),
         train_overrides={"cpu": {"steps": 1500, "eval_every": 500, "checkpoint_every": 250}},
-        # CIFAR-10 at the cpu size: ~280 images/s of training on one loaded core (fp32)
+        # CIFAR-10 at the cpu size: ~0.09 CPU-seconds per step of 64 (fp32, one thread), so
+        # ~9 minutes of one core; its ELBO has levelled off by then (docs/RESULTS.md, CIFAR-10)
         colour_train_overrides={
             "cpu": {"steps": 6000, "eval_every": 1000, "checkpoint_every": 500}
         },
