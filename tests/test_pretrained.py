@@ -161,6 +161,7 @@ def test_studies_obtain_a_pretrained_run_by_name(tmp_path: Path) -> None:
     ctx = StudyContext(out_dir=tmp_path, progress=False)
     run = ctx.obtain_model(f"pretrained:{TINY}", "fashion-mnist")
     assert run.run_dir == pretrained.get(TINY).path
+    assert ctx.model_run_dir(f"pretrained:{TINY}", "fashion-mnist") == run.run_dir
     assert not (tmp_path / "runs").exists()  # nothing was trained
     with pytest.raises(ValueError, match="trained on fashion-mnist, not mnist"):
         ctx.obtain_model(f"pretrained:{TINY}", "mnist")
