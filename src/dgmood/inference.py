@@ -33,6 +33,7 @@ from dgmood.models.base import (
     bits_per_dim,
 )
 from dgmood.models.registry import model_capabilities, spec_of_model
+from dgmood.pretrained import writable_run_dir
 from dgmood.runs import SCORES_DIR, read_score_cache, run_subdir
 
 # part of every score cache key: bump it when the statistics of the same images change
@@ -191,7 +192,8 @@ def score_cached(
     progress: bool = True,
     iwae_k: int = 0,
 ) -> dict[str, np.ndarray]:
-    """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz``.
+    """:func:`score_images`, cached as ``run_dir/scores/<set>-<hash>-<options>.npz`` (for a
+    pretrained run, in its folder in the data directory: :func:`writable_run_dir`).
 
     A cache whose statistics do not have one row per image (stale, or written by something
     else) is recomputed, as an unreadable one is. If the cache cannot be written (a full
@@ -200,7 +202,8 @@ def score_cached(
     safe_name = imageset.label.replace("/", "_").replace(":", "_")
     options = f"step{step}-{dequantization}-s{seed}-iwae{iwae_k}-v{SCORING_VERSION}"
     key = f"{safe_name}-{images_fingerprint(imageset.images)}-{options}"
-    path = run_subdir(Path(run_dir), SCORES_DIR) / f"{key}.npz"  # never through a link
+    # never through a link; a pretrained run's cache is in the data dir
+    path = run_subdir(writable_run_dir(run_dir), SCORES_DIR) / f"{key}.npz"
     cached = read_score_cache(path)  # a damaged cache file is removed and recomputed
     if cached is not None and all(len(v) == len(imageset) for v in cached.values()):
         return cached

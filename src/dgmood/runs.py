@@ -51,6 +51,7 @@ from dgmood.config import RunConfig
 from dgmood.io import atomic_path, remove_stale_parts
 from dgmood.models.base import Capability, Classifier, DensityModel, FamilySpec
 from dgmood.models.registry import build_model, capabilities, family_spec, models_with
+from dgmood.pretrained import is_reference, pretrained_name, resolve_run_dir
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -123,6 +124,11 @@ def _run_files(run_dir: Path) -> list[Path]:
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to reuse a non-empty ``run_dir`` unless resuming (changes nothing)."""
+    if is_reference(run_dir) or pretrained_name(run_dir):
+        raise RunDirError(
+            f"{run_dir} is a pretrained run shipped with dgmood and is never written to; "
+            "train into another --run-dir (its config: `dgmood pretrained`)"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file, not a directory")
     if not resume and run_dir.exists() and _run_files(run_dir):
@@ -593,11 +599,12 @@ def load_run(
 ) -> LoadedRun:
     """Rebuild the model of a run from its config and load its verified weights (eval mode).
 
-    The file's tensors are checked against its config before the model is built.
-    ``expect_sha256``: the SHA-256 of ``model.safetensors`` its sender published (see the
-    module docstring: the embedded digest alone does not stop an attacker).
+    ``run_dir`` is a folder or ``pretrained:NAME`` (a run shipped with dgmood, ``dgmood
+    pretrained``). The file's tensors are checked against its config before the model is
+    built. ``expect_sha256``: the SHA-256 of ``model.safetensors`` its sender published (see
+    the module docstring: the embedded digest alone does not stop an attacker).
     """
-    run_dir = Path(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     weights = run_dir / MODEL_FILE
     _refuse_special(weights)
     if not weights.is_file():

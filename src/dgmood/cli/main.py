@@ -216,6 +216,35 @@ def models() -> None:
     console.print(table)
 
 
+@app.command("pretrained")
+@user_errors
+def list_pretrained(
+    markdown: Annotated[
+        bool, typer.Option(help="Print the table as Markdown (as in docs/RESULTS.md).")
+    ] = False,
+) -> None:
+    """List the pretrained runs shipped with dgmood: use them as `pretrained:NAME` wherever
+    a run directory goes (score, evaluate, predict, benchmark --model, reproduce --model).
+
+    Each weights file is checked against the sha256 listed here whenever it is loaded.
+    """
+    from dgmood import pretrained
+
+    runs = pretrained.manifest()
+    if markdown:
+        typer.echo(pretrained.markdown_table(runs), nl=False)
+        return
+    if not runs:
+        console.print("no pretrained runs are shipped with this copy of dgmood")
+        return
+    table = Table(*pretrained.TABLE_COLUMNS)
+    for row in pretrained.table_rows(runs):
+        table.add_row(*row)
+    console.print(table)
+    for line in pretrained.provenance_lines(runs):
+        console.print(line, markup=False, soft_wrap=True)
+
+
 @app.command("config")
 @user_errors
 def show_config(
@@ -495,7 +524,10 @@ def _print_result(result: Any, out_dir: Path) -> None:
 @app.command()
 @user_errors
 def score(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `dgmood train`.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help="A run directory made by `dgmood train`, or pretrained:NAME."),
+    ],
     dataset: Annotated[str, typer.Option(help="Dataset to score.")] = "mnist",
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     limit: Annotated[int, typer.Option(help="Score only the first N images (0 = all).")] = 0,
@@ -555,7 +587,9 @@ ScoreNames = Annotated[
 @app.command()
 @user_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory of a density model.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory of a density model, or pretrained:NAME.")
+    ],
     ood: Annotated[list[str], typer.Option("--ood", help="OOD dataset(s) to compare with.")],
     score_names: ScoreNames = None,
     out_dir: Annotated[
@@ -578,11 +612,13 @@ def evaluate(
     Example: dgmood evaluate runs/glow-fm --ood mnist --score nll --limit 2000
     """
     from dgmood.evaluation.compare import ScoringOptions
+    from dgmood.pretrained import resolve_run_dir, writable_run_dir
     from dgmood.studies import evaluate_run
 
     _count("--limit", limit)
     _count("--train-limit", train_limit)
-    out = out_dir or run_dir / "eval"
+    # a pretrained run is never written to: its eval folder is in the data directory
+    out = out_dir or writable_run_dir(resolve_run_dir(run_dir)) / "eval"
     ctx = _context(out, data_dir, mirror, download, skip_unreadable, limit=limit, device=device)
     result = evaluate_run(
         run_dir,
@@ -683,7 +719,11 @@ def benchmark(
         typer.Option("--ood", help="OOD set(s): a dataset name or folder:PATH of your images."),
     ] = None,
     model: Annotated[
-        list[str] | None, typer.Option("--model", help="Model(s) (see `dgmood models`).")
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="Model(s) (see `dgmood models`), or pretrained:NAME (see `dgmood pretrained`).",
+        ),
     ] = None,
     score_names: Annotated[
         list[str] | None,
@@ -737,7 +777,10 @@ def benchmark(
 @user_errors
 def predict(
     run_dir: Annotated[
-        Path, typer.Argument(help="A classifier run (e.g. `dgmood train cnn --dataset mnist`).")
+        Path,
+        typer.Argument(
+            help="A classifier run (e.g. `dgmood train cnn --dataset mnist`), or pretrained:NAME."
+        ),
     ],
     images: Annotated[
         list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any size, colour or gray).")
@@ -761,8 +804,9 @@ def predict(
     detector: Annotated[
         Path | None,
         typer.Option(
-            help="A density run on the classifier's data (e.g. the chicken study's VAE): "
-            "reject inputs it finds improbable (the post's simple algorithm)."
+            help="A density run on the classifier's data (e.g. the chicken study's VAE, or "
+            "pretrained:vae-bernoulli-mnist): reject inputs it finds improbable (the post's "
+            "simple algorithm)."
         ),
     ] = None,
     score_name: Annotated[

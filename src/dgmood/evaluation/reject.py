@@ -32,6 +32,7 @@ from dgmood.data.imageset import ImageSet
 from dgmood.evaluation.compare import ScoringOptions, prepare_input
 from dgmood.inference import images_fingerprint, score_images
 from dgmood.io import atomic_write_text
+from dgmood.pretrained import writable_run_dir
 from dgmood.runs import LoadedRun, run_subdir
 from dgmood.scores.base import Score, ScoreInput, make_score
 
@@ -142,7 +143,8 @@ def rule_path(
 ) -> Path:
     """Where the rule of these settings is stored in the detector's run directory."""
     key = _rule_key(score, accept, validation, fit_data, options or ScoringOptions())
-    return run_subdir(detector_run.run_dir, THRESHOLDS_DIR) / f"{score.name}-{key}.json"
+    folder = writable_run_dir(detector_run.run_dir)  # a pretrained run's is in the data dir
+    return run_subdir(folder, THRESHOLDS_DIR) / f"{score.name}-{key}.json"
 
 
 def _stored_rule(path: Path, step: int) -> RejectRule | None:

@@ -239,6 +239,10 @@ class FamilySpec:
     # volume terms, a VAE's reconstruction and KL, a diffusion model's prior, diffusion and
     # reconstruction terms; the decomposition study shows which one prefers an OOD set
     decomposition: tuple[Term, ...] = ()
+    # per train preset, TrainConfig fields that differ again for colour data (3 channels:
+    # CIFAR-10, SVHN, ...), applied on top of ``train_overrides``: natural colour images take
+    # longer to model than gray digits and clothes at the same size
+    colour_train_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # named architecture variants on top of any size preset: alias -> config field overrides
     aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""  # one line for `dgmood models`

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
+from dgmood import pretrained
 from dgmood.config import DataConfig, RunConfig, apply_overrides, replace_path, with_budget
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import DataSources
@@ -136,8 +137,27 @@ class StudyContext:
         needs: Sequence[Capability] = (),
         what: str = "",
     ) -> LoadedRun:
-        """:meth:`run_config` then :meth:`obtain`: the usual first step of a study."""
+        """:meth:`run_config` then :meth:`obtain`: the usual first step of a study.
+
+        ``model`` may also name a shipped run, ``pretrained:NAME`` (``dgmood pretrained``):
+        it is used as it is (checked for kind, capabilities and training set), never trained.
+        """
+        if pretrained.is_reference(model):
+            run = load_run(model)
+            require(run.config.model, kind, *needs, what=what)
+            if run.config.data.dataset != dataset:
+                raise ValueError(
+                    f"{model} was trained on {run.config.data.dataset}, not {dataset}; choose "
+                    f"a pretrained run of {dataset} (`dgmood pretrained`) or a model name"
+                )
+            return run
         return self.obtain(self.run_config(model, dataset, kind=kind, needs=needs, what=what))
+
+    def model_run_dir(self, model: str, dataset: str) -> Path:
+        """Where the run :meth:`obtain_model` gives for ``model`` on ``dataset`` lives."""
+        if pretrained.is_reference(model):
+            return pretrained.resolve_run_dir(model)
+        return self.run_dir(self.run_config(model, dataset))
 
     def score_input(
         self,

@@ -472,11 +472,13 @@ class Benchmark(Study[BenchmarkOptions]):
             grid.rows += benchmark_model(
                 ctx, in_dataset, model, ood, o, scoring, grid.sink, grid.batch_tests
             )
-            config = ctx.run_config(model, in_dataset)
-            grid.runs[f"{in_dataset}-{model}"] = str(ctx.run_dir(config))
+            grid.runs[f"{in_dataset}-{model}"] = str(ctx.model_run_dir(model, in_dataset))
             # each model's samples and training curve (the run is finished: reused)
             grid.figures += run_pictures(
-                ctx, ctx.obtain(config), samples=o.samples, tag=f"{in_dataset}-{model}"
+                ctx,
+                ctx.obtain_model(model, in_dataset),
+                samples=o.samples,
+                tag=f"{in_dataset}-{model}",
             )
         baselines = model_free_scores(tuple(dict.fromkeys(o.baselines + o.scores)))
         like = model_free_format(ctx, in_dataset, o.models)

@@ -28,6 +28,7 @@ from dgmood.evaluation.reject import Detector, RejectRule
 from dgmood.inference import PhotoPrediction, classify_images
 from dgmood.models.base import ModelKind
 from dgmood.predict import run_detector
+from dgmood.pretrained import is_reference
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import LoadedRun
 from dgmood.scores.base import make_score, score_names
@@ -42,8 +43,8 @@ POST_CHICKEN_CONFIDENCE = 0.999  # "99.9% sure the chicken is a 5"
 
 @dataclass(frozen=True)
 class ChickenOptions:
-    classifier: str = "cnn-plain"  # classifier model trained on MNIST
-    vae: str = "vae-bernoulli"  # density model trained on MNIST ("" = none)
+    classifier: str = "cnn-plain"  # classifier model trained on MNIST (or pretrained:NAME)
+    vae: str = "vae-bernoulli"  # density model trained on MNIST ("" = none; or pretrained:NAME)
     # 600 steps with padding: of the chicken-grid cells with >= 98% MNIST accuracy, the one
     # closest to the post (6.9% / 21.3% / 52.9% of FashionMNIST above 0.99 / 0.95 / 0.75
     # vs 63.4% / 74.3% / 88.9%; still far: docs/RESULTS.md, chicken grid)
@@ -122,6 +123,9 @@ class Chicken(Study[ChickenOptions]):
         ]
         for role, name, steps, kind in wanted:
             if not name:
+                continue
+            if is_reference(name):  # pretrained:NAME, used as shipped
+                runs[role] = ctx.obtain_model(name, "mnist", kind=kind)
                 continue
             config = ctx.run_config(name, "mnist", kind=kind)
             config = replace(config, data=replace(config.data, upscale=o.upscale))

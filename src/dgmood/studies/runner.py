@@ -81,7 +81,7 @@ def evaluate_run(
         finding=likelihood_finding(run, run.config.data.dataset, metrics),
         tables=[sets, metrics],
         figures=figures,
-        runs={"model": str(run_dir)},
+        runs={"model": str(run.run_dir)},  # pretrained:NAME resolved to its folder
         settings={
             "ood": list(ood),
             "scores": list(scores),

@@ -208,6 +208,11 @@ register_family(
         capabilities=_FLOW_CAPABILITIES,
         config_capabilities=_glow_capabilities,
         decomposition=FLOW_TERMS,
+        # CIFAR-10 at the cpu size: ~0.16 CPU-seconds per step of 64 in bf16 (one thread),
+        # so 5000 steps are ~13 minutes of one core (docs/RESULTS.md, CIFAR-10)
+        colour_train_overrides={
+            "cpu": {"steps": 5000, "eval_every": 1000, "checkpoint_every": 250}
+        },
         aliases={
             "glow-additive": {"coupling": "additive"},
             # constant-volume Glow (Nalisnick et al. 2019, section 5)
@@ -229,5 +234,8 @@ register_family(
         },
         capabilities=_FLOW_CAPABILITIES,
         decomposition=FLOW_TERMS,
+        # CIFAR-10 at the cpu size: ~44 images/s of training in bf16 on one loaded core
+        # (benchmarks/throughput.py at load 7), so 1200 x 64 is <= 30 minutes
+        colour_train_overrides={"cpu": {"steps": 1200, "eval_every": 400, "checkpoint_every": 100}},
     )
 )
