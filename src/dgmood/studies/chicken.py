@@ -23,7 +23,12 @@ from dgmood.config import DataConfig
 from dgmood.data.images import stack_pixels
 from dgmood.data.imageset import ImageSet
 from dgmood.data.loading import load_files_like
-from dgmood.evaluation.compare import ScoringOptions, compare_scores, prepare_input
+from dgmood.evaluation.compare import (
+    ScoreComparison,
+    ScoringOptions,
+    compare_scores,
+    prepare_input,
+)
 from dgmood.evaluation.reject import Detector, RejectRule
 from dgmood.inference import PhotoPrediction, classify_images
 from dgmood.models.base import ModelKind
@@ -104,6 +109,53 @@ def photos_table(predictions: list[PhotoPrediction]) -> Table:
     )
 
 
+@dataclass
+class ChickenSets:
+    """MNIST test (in), FashionMNIST test (out), and the MNIST training images scores fit on."""
+
+    mnist: ImageSet
+    fashion: ImageSet
+    train: ImageSet
+
+
+@dataclass
+class ClassifierScores:
+    """The classifier's max-softmax on both test sets, which MNIST images it gets right, and
+    every score's comparison (the VAE's added as "vae <score>")."""
+
+    conf_mnist: np.ndarray
+    conf_fashion: np.ndarray
+    correct: np.ndarray
+    comparisons: list[ScoreComparison]
+
+
+def chicken_finding(
+    scored: ClassifierScores,
+    fashion_fractions: dict[float, float],
+    predictions: list[PhotoPrediction],
+    reject: dict[str, Any],
+) -> str:
+    """One paragraph: overconfidence vs the post, the surest photo, AUROCs, the reject rule."""
+    best_photo = max(predictions, key=lambda p: p.confidence)
+    auroc = {c.score: c.metrics.auroc for c in scored.comparisons}
+    finding = (
+        f"The MNIST CNN ({float(scored.correct.mean()):.2%} accurate) puts "
+        f"{fashion_fractions[0.99]:.1%} of FashionMNIST above 0.99 max-softmax (post: 63.4%) "
+        f"and calls {best_photo.name} a {best_photo.predicted_class} with "
+        f"{best_photo.confidence:.1%} confidence; AUROC MNIST vs FashionMNIST: "
+        f"max-softmax {auroc['max-softmax']:.3f}"
+        + (f", VAE -ELBO {auroc['vae nll']:.3f}" if "vae nll" in auroc else "")
+        + "."
+    )
+    if reject:
+        finding += (
+            f" Predicting only when the VAE accepts the input ({reject['accept']:.0%} of "
+            f"MNIST validation kept) rejects {reject['rejected']['FashionMNIST test']:.1%} "
+            f"of FashionMNIST and {reject['rejected']['photos']:.0%} of the photos."
+        )
+    return finding
+
+
 @register_study
 class Chicken(Study[ChickenOptions]):
     """The chicken post, end to end."""
@@ -113,8 +165,72 @@ class Chicken(Study[ChickenOptions]):
     Options = ChickenOptions
 
     def run(self, ctx: StudyContext) -> StudyResult:
-        from dgmood.reporting import classifier_plots as plots
+        """Obtain the runs, score the sets, classify the photos, apply the reject rule."""
+        o = self.options
+        runs = self.obtain_runs(ctx)
+        classifier = runs["classifier"]
+        data = classifier.config.data
+        sets = ChickenSets(
+            mnist=ctx.load_set("mnist", "test", data),
+            fashion=ctx.load_set("fashion-mnist", "test", data),
+            train=ctx.load_set("mnist", "train", data, o.fit_limit),
+        )
+        scoring = ScoringOptions(progress=ctx.progress)
+        with ctx.timed("score sets"):
+            scored = self.score_classifier(classifier, sets, scoring)
+        with ctx.timed("compare scores"):
+            if "vae" in runs:
+                vae_logp = self.score_vae(runs["vae"], sets, scoring, scored)
 
+        photo_files = [Path(p) for p in o.photos] or write_bundled_photos(ctx.out_dir / "photos")
+        photo_images = stack_pixels(load_files_like(photo_files, data))
+        predictions = classify_images(
+            classifier.classifier(), photo_images, [p.stem for p in photo_files]
+        )
+        figures = self.classifier_figures(ctx.out_dir, scored, photo_images, predictions)
+        if "vae" in runs:
+            figures += self._vae_figures(
+                runs["vae"],
+                *vae_logp,
+                sets.mnist.images[0],
+                photo_images,
+                [p.name for p in predictions],
+                ctx.out_dir,
+            )
+        fashion_fractions = confidence_fractions(scored.conf_fashion, THRESHOLDS)
+        tables = [
+            fractions_table(fashion_fractions, confidence_fractions(scored.conf_mnist, THRESHOLDS)),
+            photos_table(predictions),
+            metrics_table(scored.comparisons),
+        ]
+        reject: dict[str, Any] = {}
+        if "vae" in runs:
+            with ctx.timed("reject rule"):
+                table, reject = self.reject_rule(
+                    ctx, runs["vae"], classifier, sets.fashion, photo_images, scoring
+                )
+            tables.append(table)
+        finding = chicken_finding(scored, fashion_fractions, predictions, reject)
+        # the training curves of the CNN and the VAE, and the VAE's samples
+        figures += [f for run in runs.values() for f in run_pictures(ctx, run)]
+        return self.result(
+            ctx,
+            finding,
+            tables=tables,
+            figures=figures,
+            runs={role: str(r.run_dir) for role, r in runs.items()},
+            data={
+                "mnist_accuracy": float(scored.correct.mean()),
+                "fashion_fractions": {str(k): v for k, v in fashion_fractions.items()},
+                "post_fashion_fractions": {str(k): v for k, v in POST_FASHION_FRACTIONS.items()},
+                "photos": [p.__dict__ for p in predictions],
+                "metrics": [{"score": c.score, **c.metrics.to_dict()} for c in scored.comparisons],
+                "reject_rule": reject,
+            },
+        )
+
+    def obtain_runs(self, ctx: StudyContext) -> dict[str, LoadedRun]:
+        """The MNIST classifier and (unless ``vae=""``) the MNIST VAE, trained or reused."""
         o = self.options
         runs = {}
         wanted: list[tuple[str, str, int, ModelKind]] = [
@@ -132,142 +248,107 @@ class Chicken(Study[ChickenOptions]):
             if steps:
                 config = replace(config, train=replace(config.train, steps=steps))
             runs[role] = ctx.obtain(config)
-        classifier = runs["classifier"]
-        data = classifier.config.data
-        scoring = ScoringOptions(progress=ctx.progress)
-        mnist = ctx.load_set("mnist", "test", data)
-        fashion = ctx.load_set("fashion-mnist", "test", data)
-        train = ctx.load_set("mnist", "train", data, o.fit_limit)
-        with ctx.timed("score sets"):
-            c_mnist = prepare_input(classifier, mnist, options=scoring)
-            c_fashion = prepare_input(classifier, fashion, options=scoring)
-            c_train = prepare_input(classifier, train, options=scoring)
-        conf_mnist = max_softmax_probability(c_mnist.stat("logits")).numpy()
-        conf_fashion = max_softmax_probability(c_fashion.stat("logits")).numpy()
-        correct = c_mnist.stat("logits").argmax(1) == mnist.labels.numpy()
-        scores = [make_score(n) for n in score_names("classifier")]
-        with ctx.timed("compare scores"):
-            comparisons = compare_scores(scores, c_mnist, {fashion.label: c_fashion}, c_train)
-            if "vae" in runs:
-                vae = runs["vae"]
-                v_mnist = prepare_input(vae, mnist, options=scoring)
-                v_fashion = prepare_input(vae, fashion, options=scoring)
-                v_train = prepare_input(vae, train, options=scoring)
-                vae_scores = [
-                    s
-                    for s in map(make_score, score_names("density"))
-                    # likelihood regret (uses_model) costs seconds per image: only when named;
-                    # a model-free score is no "vae" score
-                    if s.applies_to(vae)
-                    and not s.aux_runs(vae.config)
-                    and not s.uses_model
-                    and not s.model_free
-                ]
-                comparisons += [
-                    replace(c, score=f"vae {c.score}")
-                    for c in compare_scores(
-                        vae_scores, v_mnist, {fashion.label: v_fashion}, v_train
-                    )
-                ]
+        return runs
 
-        photo_files = [Path(p) for p in o.photos] or write_bundled_photos(ctx.out_dir / "photos")
-        photo_images = stack_pixels(load_files_like(photo_files, data))
-        predictions = classify_images(
-            classifier.classifier(), photo_images, [p.stem for p in photo_files]
+    @staticmethod
+    def score_classifier(
+        classifier: LoadedRun, sets: ChickenSets, scoring: ScoringOptions
+    ) -> ClassifierScores:
+        """Max-softmax confidences and every classifier score, MNIST vs FashionMNIST."""
+        c_mnist = prepare_input(classifier, sets.mnist, options=scoring)
+        c_fashion = prepare_input(classifier, sets.fashion, options=scoring)
+        c_train = prepare_input(classifier, sets.train, options=scoring)
+        scores = [make_score(n) for n in score_names("classifier")]
+        return ClassifierScores(
+            conf_mnist=max_softmax_probability(c_mnist.stat("logits")).numpy(),
+            conf_fashion=max_softmax_probability(c_fashion.stat("logits")).numpy(),
+            correct=np.asarray(c_mnist.stat("logits").argmax(1) == sets.mnist.labels.numpy()),
+            comparisons=compare_scores(scores, c_mnist, {sets.fashion.label: c_fashion}, c_train),
         )
 
-        fashion_fractions = confidence_fractions(conf_fashion, THRESHOLDS)
-        out = ctx.out_dir
+    @staticmethod
+    def score_vae(
+        vae: LoadedRun, sets: ChickenSets, scoring: ScoringOptions, scored: ClassifierScores
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The VAE's scores, added to ``scored.comparisons`` as "vae <score>"; returns the
+        log-likelihoods of MNIST and FashionMNIST test for the figures."""
+        v_mnist = prepare_input(vae, sets.mnist, options=scoring)
+        v_fashion = prepare_input(vae, sets.fashion, options=scoring)
+        v_train = prepare_input(vae, sets.train, options=scoring)
+        vae_scores = [
+            s
+            for s in map(make_score, score_names("density"))
+            # likelihood regret (uses_model) costs seconds per image: only when named;
+            # a model-free score is no "vae" score
+            if s.applies_to(vae)
+            and not s.aux_runs(vae.config)
+            and not s.uses_model
+            and not s.model_free
+        ]
+        scored.comparisons += [
+            replace(c, score=f"vae {c.score}")
+            for c in compare_scores(vae_scores, v_mnist, {sets.fashion.label: v_fashion}, v_train)
+        ]
+        return v_mnist.stat("log_prob"), v_fashion.stat("log_prob")
+
+    @staticmethod
+    def classifier_figures(
+        out: Path,
+        scored: ClassifierScores,
+        photo_images: Tensor,
+        predictions: list[PhotoPrediction],
+    ) -> list[Figure]:
+        """The barcode of sorted confidences and each photo's class probabilities."""
+        from dgmood.reporting import classifier_plots as plots
+
         figures = [
             Figure(
                 "barcode",
                 "Sorted max-softmax confidence: MNIST (correct) vs FashionMNIST",
                 plots.plot_confidence_barcode(
-                    conf_mnist[correct],
-                    conf_fashion,
+                    scored.conf_mnist[scored.correct],
+                    scored.conf_fashion,
                     out / "confidence_barcode.png",
                     labels=("MNIST (correctly classified)", "FashionMNIST"),
                 ).name,
             )
         ]
         for image, prediction in zip(photo_images, predictions, strict=True):
+            title = f"{prediction.name}: {prediction.confidence:.1%} a {prediction.predicted_class}"
             figures.append(
                 Figure(
                     f"photo-{prediction.name}",
-                    f"{prediction.name}: {prediction.confidence:.1%} a "
-                    f"{prediction.predicted_class}",
+                    title,
                     plots.plot_class_probabilities(
                         np.asarray(prediction.probabilities),
                         out / f"probabilities_{prediction.name}.png",
                         image=image.numpy(),
-                        title=f"{prediction.name}: {prediction.confidence:.1%} a "
-                        f"{prediction.predicted_class}",
+                        title=title,
                     ).name,
                 )
             )
-        if "vae" in runs:
-            figures += self._vae_figures(
-                runs["vae"],
-                v_mnist.stat("log_prob"),
-                v_fashion.stat("log_prob"),
-                mnist.images[0],
-                photo_images,
-                [p.name for p in predictions],
-                out,
-            )
+        return figures
 
-        tables = [
-            fractions_table(fashion_fractions, confidence_fractions(conf_mnist, THRESHOLDS)),
-            photos_table(predictions),
-            metrics_table(comparisons),
-        ]
-        reject: dict[str, Any] = {}
-        if "vae" in runs:
-            with ctx.timed("reject rule"):
-                detector = run_detector(runs["vae"], o.reject_score, o.reject_accept, ctx.sources)
-                held_out = held_out_mnist(ctx, detector.rule, data)
-                c_held_out = prepare_input(classifier, held_out, options=scoring)
-                table, reject = reject_rule_outcome(
-                    detector,
-                    held_out,
-                    c_held_out.stat("logits").argmax(1) == held_out.labels.numpy(),
-                    {"FashionMNIST test": fashion.images, "photos": photo_images},
-                )
-            tables.append(table)
-
-        best_photo = max(predictions, key=lambda p: p.confidence)
-        auroc = {c.score: c.metrics.auroc for c in comparisons}
-        finding = (
-            f"The MNIST CNN ({float(correct.mean()):.2%} accurate) puts "
-            f"{fashion_fractions[0.99]:.1%} of FashionMNIST above 0.99 max-softmax (post: 63.4%) "
-            f"and calls {best_photo.name} a {best_photo.predicted_class} with "
-            f"{best_photo.confidence:.1%} confidence; AUROC MNIST vs FashionMNIST: "
-            f"max-softmax {auroc['max-softmax']:.3f}"
-            + (f", VAE -ELBO {auroc['vae nll']:.3f}" if "vae nll" in auroc else "")
-            + "."
-        )
-        if reject:
-            finding += (
-                f" Predicting only when the VAE accepts the input ({reject['accept']:.0%} of "
-                f"MNIST validation kept) rejects {reject['rejected']['FashionMNIST test']:.1%} "
-                f"of FashionMNIST and {reject['rejected']['photos']:.0%} of the photos."
-            )
-        # the training curves of the CNN and the VAE, and the VAE's samples
-        figures += [f for run in runs.values() for f in run_pictures(ctx, run)]
-        return self.result(
-            ctx,
-            finding,
-            tables=tables,
-            figures=figures,
-            runs={role: str(r.run_dir) for role, r in runs.items()},
-            data={
-                "mnist_accuracy": float(correct.mean()),
-                "fashion_fractions": {str(k): v for k, v in fashion_fractions.items()},
-                "post_fashion_fractions": {str(k): v for k, v in POST_FASHION_FRACTIONS.items()},
-                "photos": [p.__dict__ for p in predictions],
-                "metrics": [{"score": c.score, **c.metrics.to_dict()} for c in comparisons],
-                "reject_rule": reject,
-            },
+    def reject_rule(
+        self,
+        ctx: StudyContext,
+        vae: LoadedRun,
+        classifier: LoadedRun,
+        fashion: ImageSet,
+        photo_images: Tensor,
+        scoring: ScoringOptions,
+    ) -> tuple[Table, dict[str, Any]]:
+        """The post's "simple algorithm": the stored reject rule applied to held-out MNIST,
+        FashionMNIST and the photos."""
+        o = self.options
+        detector = run_detector(vae, o.reject_score, o.reject_accept, ctx.sources)
+        held_out = held_out_mnist(ctx, detector.rule, classifier.config.data)
+        c_held_out = prepare_input(classifier, held_out, options=scoring)
+        return reject_rule_outcome(
+            detector,
+            held_out,
+            c_held_out.stat("logits").argmax(1) == held_out.labels.numpy(),
+            {"FashionMNIST test": fashion.images, "photos": photo_images},
         )
 
     @staticmethod
