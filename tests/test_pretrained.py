@@ -198,3 +198,26 @@ def test_the_recorded_command_parses_back_to_its_argv() -> None:
     for entry in _entries():
         assert shlex.split(entry.command)[1:-2] == list(entry.argv)
         assert dataclasses.asdict(entry.test)["metric"] in ("bits_per_dim", "accuracy")
+
+
+def test_a_study_step_given_a_pretrained_name_uses_it_as_shipped(
+    fake_package: Path, mirror: Path, tmp_path: Path
+) -> None:
+    """Studies that build a config first (run_config -> run_dir -> obtain, as cifar10,
+    benchmark and pairs do) take ``pretrained:NAME`` too: the shipped run, nothing trained,
+    nothing written into the package; the decomposition study runs on it end to end."""
+    from dgmood.studies import StudyContext, run_study
+
+    before = {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")}
+    ctx = StudyContext(
+        out_dir=tmp_path / "out", sources=DataSources(mirror=mirror), limit=32, progress=False
+    )
+    config = ctx.run_config(f"pretrained:{TINY}", "fashion-mnist")
+    assert ctx.run_dir(config) == fake_package
+    assert ctx.obtain(config).run_dir == fake_package
+    result = run_study("decomposition", ctx, model=f"pretrained:{TINY}", train_limit=32, samples=0)
+    assert result.runs["model"] == str(fake_package)
+    assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
+    assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
+    with pytest.raises(ValueError, match="trained on fashion-mnist, not mnist"):
+        ctx.run_config(f"pretrained:{TINY}", "mnist")

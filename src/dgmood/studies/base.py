@@ -35,7 +35,7 @@ from dgmood.models.base import Capability, ModelKind
 from dgmood.models.registry import require
 from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, StudyResult, Table
-from dgmood.runs import LoadedRun, load_run
+from dgmood.runs import CONFIG_FILE, LoadedRun, load_run
 from dgmood.scores.base import ScoreInput
 from dgmood.training.launch import train_or_reuse
 
@@ -72,6 +72,8 @@ class StudyContext:
     timings: dict[str, float] = field(default_factory=dict)
     runs_root: Path | None = None  # where runs live (default OUT_DIR/runs); shared by studies
     nproc: int = 1  # data-parallel training processes per run (torch's launcher when > 1)
+    # identity hash -> ``pretrained:NAME`` of each shipped run a step asked for
+    shipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.limit < 0:
@@ -93,7 +95,24 @@ class StudyContext:
     ) -> RunConfig:
         """The config of ``model`` (a family or alias) on ``dataset`` at this context's preset,
         with its overrides, steps and budget applied; a model that is not a ``kind`` model
-        with every capability in ``needs`` is refused here, before anything is trained."""
+        with every capability in ``needs`` is refused here, before anything is trained.
+
+        ``model`` may also name a shipped run, ``pretrained:NAME`` (``dgmood pretrained``):
+        its own config, checked for kind, capabilities and training set; :meth:`obtain` then
+        uses the shipped run as it is (it is never trained or written to), unless this
+        context's overrides change what it is (e.g. ``--steps``): then that run is trained.
+        """
+        if pretrained.is_reference(model):
+            folder = pretrained.resolve_run_dir(model)
+            config = RunConfig.load(folder / CONFIG_FILE)
+            require(config.model, kind, *needs, what=what)
+            if config.data.dataset != dataset:
+                raise ValueError(
+                    f"{model} was trained on {config.data.dataset}, not {dataset}; choose "
+                    f"a pretrained run of {dataset} (`dgmood pretrained`) or a model name"
+                )
+            self.shipped[config.identity_hash()] = model
+            return self.configure(config)
         config = run_preset(model, preset or self.preset, dataset)
         require(config.model, kind, *needs, what=what)
         return self.configure(config)
@@ -110,12 +129,19 @@ class StudyContext:
         return config
 
     def run_dir(self, config: RunConfig) -> Path:
-        """Where the run of ``config`` (configured by :meth:`configure`) lives."""
+        """Where the run of ``config`` (configured by :meth:`configure`) lives: a shipped
+        run's own folder when :meth:`run_config` gave it for ``pretrained:NAME``."""
+        shipped = self.shipped.get(config.identity_hash())
+        if shipped is not None:
+            return pretrained.resolve_run_dir(shipped)
         return self.runs_dir / run_dir_name(config)
 
     def obtain(self, config: RunConfig) -> LoadedRun:
         """The finished run of ``config``: reused if done, else trained (or resumed)."""
         config = self.configure(config)
+        shipped = self.shipped.get(config.identity_hash())
+        if shipped is not None:
+            return load_run(shipped)  # finished, verified against its sha256, never written to
         run_dir = self.run_dir(config)
         with self.timed(f"train {run_dir.name}"):
             train_or_reuse(
@@ -137,26 +163,12 @@ class StudyContext:
         needs: Sequence[Capability] = (),
         what: str = "",
     ) -> LoadedRun:
-        """:meth:`run_config` then :meth:`obtain`: the usual first step of a study.
-
-        ``model`` may also name a shipped run, ``pretrained:NAME`` (``dgmood pretrained``):
-        it is used as it is (checked for kind, capabilities and training set), never trained.
-        """
-        if pretrained.is_reference(model):
-            run = load_run(model)
-            require(run.config.model, kind, *needs, what=what)
-            if run.config.data.dataset != dataset:
-                raise ValueError(
-                    f"{model} was trained on {run.config.data.dataset}, not {dataset}; choose "
-                    f"a pretrained run of {dataset} (`dgmood pretrained`) or a model name"
-                )
-            return run
+        """:meth:`run_config` then :meth:`obtain`: the usual first step of a study
+        (``model`` may name a shipped run, ``pretrained:NAME``)."""
         return self.obtain(self.run_config(model, dataset, kind=kind, needs=needs, what=what))
 
     def model_run_dir(self, model: str, dataset: str) -> Path:
         """Where the run :meth:`obtain_model` gives for ``model`` on ``dataset`` lives."""
-        if pretrained.is_reference(model):
-            return pretrained.resolve_run_dir(model)
         return self.run_dir(self.run_config(model, dataset))
 
     def score_input(
