@@ -221,3 +221,12 @@ def test_a_study_step_given_a_pretrained_name_uses_it_as_shipped(
     assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
     with pytest.raises(ValueError, match="trained on fashion-mnist, not mnist"):
         ctx.run_config(f"pretrained:{TINY}", "mnist")
+
+
+def test_a_shipped_glow_gets_the_papers_glow_numbers_in_the_cifar10_tables() -> None:
+    from dgmood.studies.cifar10 import published_bpd
+
+    # Nalisnick et al.'s Glow: CIFAR-10 train 3.386 bits/dim (seeds/004, the talk's slide)
+    assert published_bpd("pretrained:glow-cifar10", "cifar10", "cifar10", "train") == 3.386
+    assert published_bpd("glow", "cifar10", "cifar10", "train") == 3.386
+    assert published_bpd("pretrained:vae-cifar10", "cifar10", "cifar10", "train") is None

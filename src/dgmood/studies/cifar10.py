@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dgmood import pretrained
 from dgmood.config import RunConfig
 from dgmood.data.errors import DataError
 from dgmood.data.sources import resolve_data_dir
@@ -105,7 +106,10 @@ def available_sets(
 
 
 def published_bpd(model: str, in_dataset: str, name: str, split: str) -> float | None:
-    """The paper's bits/dim for this model and set (:data:`PUBLISHED_BPD`), or None."""
+    """The paper's bits/dim for this model and set (:data:`PUBLISHED_BPD`), or None; a
+    shipped run (``pretrained:NAME``) counts as the model it was trained as."""
+    if pretrained.is_reference(model):
+        model = pretrained.get(model).model
     return PUBLISHED_BPD.get((model, in_dataset, name, split))
 
 
