@@ -215,7 +215,7 @@ def test_a_study_step_given_a_pretrained_name_uses_it_as_shipped(
     config = ctx.run_config(f"pretrained:{TINY}", "fashion-mnist")
     assert ctx.run_dir(config) == fake_package
     assert ctx.obtain(config).run_dir == fake_package
-    result = run_study("decomposition", ctx, model=f"pretrained:{TINY}", train_limit=32, samples=0)
+    result = run_study("decomposition", ctx, model=f"pretrained:{TINY}", train_limit=32, samples=4)
     assert result.runs["model"] == str(fake_package)
     assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
     assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before

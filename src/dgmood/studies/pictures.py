@@ -28,9 +28,10 @@ import torch
 from dgmood.data.dequantize import to_uint8
 from dgmood.io import atomic_write_bytes
 from dgmood.models.base import Capability
+from dgmood.pretrained import writable_run_dir
 from dgmood.reporting.pictures import ImageRow, plot_image_rows, plot_training_curve
 from dgmood.reporting.result import Figure
-from dgmood.runs import SCORES_DIR, LoadedRun, read_metrics, read_score_cache
+from dgmood.runs import SCORES_DIR, LoadedRun, read_metrics, read_score_cache, run_subdir
 from dgmood.scores.base import ScoreInput
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import StudyContext
@@ -95,7 +96,9 @@ def draw_samples(run: LoadedRun, n: int = SAMPLES, seed: int = SAMPLE_SEED) -> t
     model = run.density_model()
     if Capability.SAMPLING not in run.capabilities:
         raise ValueError(f"{run.spec.name} models cannot draw samples (no sampling capability)")
-    path = run.run_dir / SCORES_DIR / f"samples-n{n}-seed{seed}-step{run.step}.npz"
+    # a shipped run is never written to: its cache is in the data directory
+    folder = run_subdir(writable_run_dir(run.run_dir), SCORES_DIR)
+    path = folder / f"samples-n{n}-seed{seed}-step{run.step}.npz"
     cached = read_score_cache(path)  # a damaged file is removed and drawn again
     if cached is not None and cached.get("images", np.zeros(0)).shape[:1] == (n,):
         return torch.from_numpy(cached["images"])
