@@ -219,6 +219,19 @@ def test_a_study_step_given_a_pretrained_name_uses_it_as_shipped(
     assert result.runs["model"] == str(fake_package)
     assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
     assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
+    run_study(
+        "cifar10",
+        dataclasses.replace(ctx, out_dir=tmp_path / "colour"),
+        models=(f"pretrained:{TINY}",),
+        in_dataset="fashion-mnist",
+        ood=("mnist",),
+        train_limit=32,
+        samples=0,
+    )
+    written = [p.relative_to(tmp_path) for p in (tmp_path / "colour").rglob("*")]
+    assert any(p.name.startswith("bpd_") for p in written)
+    assert not [p for p in written if ":" in str(p)]  # portable names, safe links in the report
+    assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
     with pytest.raises(ValueError, match="trained on fashion-mnist, not mnist"):
         ctx.run_config(f"pretrained:{TINY}", "mnist")
 

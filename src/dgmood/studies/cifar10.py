@@ -54,7 +54,7 @@ from dgmood.studies.base import (
 )
 from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
 from dgmood.studies.pairs import PUBLISHED_BPD
-from dgmood.studies.pictures import SAMPLES, run_pictures
+from dgmood.studies.pictures import SAMPLES, run_pictures, slug
 
 # every colour OOD set dgmood can load; the last four exist only where a user has the files
 COLOUR_OOD = (
@@ -264,7 +264,7 @@ class Cifar10(Study[Cifar10Options]):
         run = ctx.obtain(config)
         inputs, _, metrics, _, _ = likelihood_comparison(
             run,
-            dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / model),
+            dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / slug(model)),
             ood,
             in_dataset=o.in_dataset,
             train_limit=o.train_limit,
@@ -309,12 +309,12 @@ class Cifar10(Study[Cifar10Options]):
         bpd = {label: negative_log_likelihood(d.stats) for label, d in shown.items()}
         path = plot_bpd_histograms(
             bpd,
-            ctx.out_dir / f"bpd_{model}.png",
+            ctx.out_dir / f"bpd_{slug(model)}.png",
             title=f"{run.name} trained on {self.options.in_dataset}",
         )
         figures = [
             Figure(
-                f"bpd_{model}",
+                f"bpd_{slug(model)}",
                 f"Bits/dim of {in_label} and each OOD set under {model} (Figure 1 in colour)",
                 path.name,
                 "Normalised histograms; the axis spans the 0.1-99.9 percentiles of all sets and "
@@ -324,11 +324,11 @@ class Cifar10(Study[Cifar10Options]):
         if "log_pz" in shown[in_label].stats:
             path = plot_flow_decomposition(
                 {label: d.stats for label, d in shown.items()},
-                ctx.out_dir / f"decomposition_{model}.png",
+                ctx.out_dir / f"decomposition_{slug(model)}.png",
             )
             figures.append(
                 Figure(
-                    f"decomposition_{model}",
+                    f"decomposition_{slug(model)}",
                     f"Density term log p(z) and volume term log|det J| under {model}",
                     path.name,
                     "Nats per image on the model's input scale; higher = more likely.",

@@ -33,7 +33,7 @@ from dgmood.runs import LoadedRun
 from dgmood.scores.density import negative_log_likelihood
 from dgmood.studies.base import Study, StudyContext, metrics_table, register_study
 from dgmood.studies.likelihood import QUANTILES, distribution_cells, likelihood_comparison
-from dgmood.studies.pictures import extremes_figure, run_pictures
+from dgmood.studies.pictures import extremes_figure, run_pictures, slug
 
 CPU_PAIRS = ("fashion-mnist:mnist", "mnist:fashion-mnist")
 PAPER_PAIRS = (
@@ -135,7 +135,7 @@ class Pairs(Study[PairsOptions]):
         run = ctx.obtain(configs[model, in_name])
         inputs, _, metrics, _, _ = likelihood_comparison(
             run,
-            dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / tag),
+            dataclasses.replace(ctx, out_dir=ctx.out_dir / "detail" / slug(tag)),
             [ood_name],
             train_limit=self.options.train_limit,
             scores=("nll",),

@@ -41,7 +41,8 @@ SAMPLES = 16  # samples drawn from each model
 SAMPLE_SEED = 0
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a portable file name part (``pretrained:x`` -> ``pretrained_x``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.")[:80] or "run"
 
 
@@ -70,7 +71,7 @@ def extremes_figure(
     ctx: StudyContext, run: LoadedRun, inputs: Mapping[str, ScoreInput], tag: str = ""
 ) -> Figure:
     """The most and least likely images of each set in ``inputs`` under ``run``."""
-    name = f"extremes_{_slug(tag or run.run_dir.name)}"
+    name = f"extremes_{slug(tag or run.run_dir.name)}"
     path = plot_image_rows(
         extreme_rows(inputs),
         ctx.out_dir / f"{name}.png",
@@ -118,7 +119,7 @@ def samples_figure(
     """Samples of ``run`` (None for a family that cannot sample, or ``n`` = 0)."""
     if n <= 0 or run.spec.kind != "density" or Capability.SAMPLING not in run.capabilities:
         return None
-    name = f"samples_{_slug(tag or run.run_dir.name)}"
+    name = f"samples_{slug(tag or run.run_dir.name)}"
     with ctx.timed("samples"):
         images = draw_samples(run, n).numpy()
     columns = min(n, 8)
@@ -142,7 +143,7 @@ def training_curve_figure(ctx: StudyContext, run: LoadedRun, tag: str = "") -> F
     records = read_metrics(run.run_dir)
     if not any("loss" in r or any(k.startswith("val_") for k in r) for r in records):
         return None
-    name = f"training_{_slug(tag or run.run_dir.name)}"
+    name = f"training_{slug(tag or run.run_dir.name)}"
     density = run.spec.kind == "density"
     path = plot_training_curve(
         records,
