@@ -228,6 +228,16 @@ def test_a_study_step_given_a_pretrained_name_uses_it_as_shipped(
         train_limit=32,
         samples=0,
     )
+    run_study(
+        "benchmark",
+        dataclasses.replace(ctx, out_dir=tmp_path / "grid"),
+        models=(f"pretrained:{TINY}",),
+        in_datasets=("fashion-mnist",),
+        ood=("mnist",),
+        scores=("nll",),
+        train_limit=32,
+        samples=0,
+    )
     written = [p.relative_to(tmp_path) for p in (tmp_path / "colour").rglob("*")]
     assert any(p.name.startswith("bpd_") for p in written)
     assert not [p for p in written if ":" in str(p)]  # portable names, safe links in the report

@@ -88,14 +88,15 @@ class StudyContext:
         model: str,
         dataset: str,
         *,
-        kind: ModelKind = "density",
+        kind: ModelKind | None = "density",
         needs: Sequence[Capability] = (),
         what: str = "",
         preset: str | None = None,
     ) -> RunConfig:
         """The config of ``model`` (a family or alias) on ``dataset`` at this context's preset,
         with its overrides, steps and budget applied; a model that is not a ``kind`` model
-        with every capability in ``needs`` is refused here, before anything is trained.
+        with every capability in ``needs`` is refused here, before anything is trained
+        (``kind=None``: a model of any kind).
 
         ``model`` may also name a shipped run, ``pretrained:NAME`` (``dgmood pretrained``):
         its own config, checked for kind, capabilities and training set; :meth:`obtain` then
@@ -105,7 +106,8 @@ class StudyContext:
         if pretrained.is_reference(model):
             folder = pretrained.resolve_run_dir(model)
             config = RunConfig.load(folder / CONFIG_FILE)
-            require(config.model, kind, *needs, what=what)
+            if kind is not None:
+                require(config.model, kind, *needs, what=what)
             if config.data.dataset != dataset:
                 raise ValueError(
                     f"{model} was trained on {config.data.dataset}, not {dataset}; choose "
@@ -114,7 +116,8 @@ class StudyContext:
             self.shipped[config.identity_hash()] = model
             return self.configure(config)
         config = run_preset(model, preset or self.preset, dataset)
-        require(config.model, kind, *needs, what=what)
+        if kind is not None:
+            require(config.model, kind, *needs, what=what)
         return self.configure(config)
 
     def configure(self, config: RunConfig) -> RunConfig:

@@ -30,7 +30,6 @@ from dgmood.evaluation.compare import prepare_input as prepare
 from dgmood.evaluation.typicality import BatchTestResult, typicality_batch_test
 from dgmood.io import atomic_write_text, progress_enabled
 from dgmood.models.registry import model_kind
-from dgmood.presets import run_preset
 from dgmood.reporting.result import Cell, Figure, StudyResult, Table
 from dgmood.runs import MODEL_FILE, LoadedRun, is_finished, read_metrics, read_model_metadata
 from dgmood.scores.base import Score, make_score, score_names
@@ -267,7 +266,7 @@ def benchmark_plan(ctx: StudyContext, options: BenchmarkOptions) -> str:
     for in_dataset in options.in_datasets:
         n_ood = len([name for name in options.ood if name != in_dataset])
         for model in options.models:
-            config = ctx.configure(run_preset(model, ctx.preset, in_dataset))
+            config = ctx.run_config(model, in_dataset, kind=None)  # or pretrained:NAME
             kind = model_kind(config.model)
             runs = {ctx.run_dir(config).name: config}
             n_main += 1

@@ -38,7 +38,7 @@ def model_free_format(ctx: StudyContext, in_dataset: str, models: Sequence[str])
     or, for a grid of model-free scores alone, the format any run on it would have: native
     channels at 32x32 (28x28 sets zero-padded)."""
     if models:
-        return ctx.configure(ctx.run_config(models[0], in_dataset)).data
+        return ctx.run_config(models[0], in_dataset, kind=None).data
     channels = DATASETS[in_dataset].channels if in_dataset in DATASETS else 3
     return DataConfig(dataset=in_dataset, channels=channels)
 
