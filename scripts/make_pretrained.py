@@ -126,6 +126,12 @@ def main() -> None:
     parser.add_argument("--load", default="?", help="with --run-dir: load average range")
     parser.add_argument("--cpu-seconds", type=float, help="with --run-dir: CPU time used")
     parser.add_argument("--train-limit", type=int, default=10_000)
+    parser.add_argument(
+        "--check-images",
+        type=int,
+        default=CHECK_IMAGES,
+        help="images of the check set the test suite re-measures (fewer for a dear model)",
+    )
     parser.add_argument("--extra", action="append", default=[], help="DATASET:SPLIT[:LIMIT]")
     args = parser.parse_args()
 
@@ -169,7 +175,7 @@ def main() -> None:
     dataset = run.config.data.dataset
     test = measure(run, dataset, "test", 0, sources)
     train_slice = measure(run, dataset, "train", args.train_limit, sources)
-    check = measure(run, dataset, "test", CHECK_IMAGES, sources)
+    check = measure(run, dataset, "test", args.check_images, sources)
     extra = []
     for spec in args.extra:
         name, split, *limit = spec.split(":")

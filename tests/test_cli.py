@@ -134,6 +134,29 @@ def test_train_budget_trains_until_the_budget_unless_steps_cap_it(
     assert "trained 2 steps" in result.output
 
 
+@pytest.mark.slow
+def test_resuming_with_a_budget_keeps_the_runs_steps(tmp_path: Path, mirror: Path) -> None:
+    """``train --resume --budget M`` caps this session's time; it does not turn the stored
+    run into an until-the-budget run (that changed its identity, and a study asking for the
+    run by identity then refused the folder as someone else's)."""
+    common = ["--set", "data.train_limit=64", "--no-progress", "--mirror", str(mirror)]
+    run = str(tmp_path / "run")
+    first = invoke(
+        "train", "glow", "--preset", "tiny", "--run-dir", run, "--budget", "1e-9",
+        "--set", "train.steps=40", *common,
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert "trained 1 steps" in first.output  # stopped by its budget, 39 steps short
+    again = invoke("train", "--resume", "--run-dir", run, "--budget", "1e-9", *common)
+    assert again.exit_code == 0, again.output
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["train"]["steps"] == 40
+    assert config["execution"]["budget_minutes"] == 1e-9
+    from dgmood.runs import load_run
+
+    assert load_run(run).config.train.steps == 40
+
+
 def test_existing_run_dir_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")

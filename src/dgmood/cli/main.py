@@ -344,7 +344,9 @@ def train(
     cfg = apply_overrides(cfg, set_ or [])
     if budget > 0:  # train until the budget ends, unless --set train.steps=N caps it too
         capped = any(a.partition("=")[0].strip() == "train.steps" for a in set_ or [])
-        cfg = with_budget(cfg, budget, cfg.train.steps if capped else None)
+        # resuming, the budget caps this session's time only: the run keeps its steps (its
+        # identity), so a study that asks for it still finds it
+        cfg = with_budget(cfg, budget, cfg.train.steps if capped or resume else None)
     if run_dir is None:
         run_dir = Path("runs") / f"{(cfg.preset or 'run').replace('/', '-')}-{cfg.data.dataset}"
     if device:
