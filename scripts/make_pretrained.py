@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, help="with --run-dir: CPU time used")
     parser.add_argument("--train-limit", type=int, default=10_000)
     parser.add_argument(
+        "--test-limit", type=int, default=0, help="first N test images (0 = all; a dear model)"
+    )
+    parser.add_argument(
         "--check-images",
         type=int,
         default=CHECK_IMAGES,
@@ -173,7 +176,7 @@ def main() -> None:
     run = load_run(target)
     sources = DataSources()
     dataset = run.config.data.dataset
-    test = measure(run, dataset, "test", 0, sources)
+    test = measure(run, dataset, "test", args.test_limit, sources)
     train_slice = measure(run, dataset, "train", args.train_limit, sources)
     check = measure(run, dataset, "test", args.check_images, sources)
     extra = []
