@@ -141,6 +141,7 @@ def main() -> None:
     from dgmood import pretrained
     from dgmood.data.loading import DataSources
     from dgmood.evaluation.pretrained import measure
+    from dgmood.io import file_sha256
     from dgmood.runs import load_run
 
     argv = shlex.split(args.argv)
@@ -194,7 +195,7 @@ def main() -> None:
         "steps": steps,
         "train_seconds": round(seconds, 1),
         "machine": machine,
-        "sha256": pretrained.sha256_of(target / "model.safetensors"),
+        "sha256": file_sha256(target / "model.safetensors"),
         "size_bytes": size,
         "test": dataclasses.asdict(test),
         "train": dataclasses.asdict(train_slice),

@@ -18,6 +18,7 @@ from dgmood import pretrained
 from dgmood.cli.main import app
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.pretrained import remeasure
+from dgmood.io import file_sha256
 from dgmood.runs import RunDirError, check_run_dir, load_run
 
 TINY = "glow-tiny-fashion-mnist"  # trained in seconds: the test suite re-trains it
@@ -58,7 +59,7 @@ def test_the_manifest_ships_the_promised_runs() -> None:
 def test_each_run_is_present_and_matches_its_checksum(entry: pretrained.PretrainedRun) -> None:
     files = sorted(p.name for p in entry.path.iterdir())
     assert files == sorted(pretrained.SHIPPED_FILES), f"{entry.name}: ship only the run files"
-    assert pretrained.sha256_of(entry.path / "model.safetensors") == entry.sha256
+    assert file_sha256(entry.path / "model.safetensors") == entry.sha256
     size = sum((entry.path / name).stat().st_size for name in pretrained.SHIPPED_FILES)
     assert size == entry.size_bytes
     assert pretrained.verified_path(entry.name) == entry.path

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import os
 import signal
 import sys
@@ -211,3 +212,12 @@ def progress(
         for item in items:
             yield item
             bar.update()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, as ``sha256sum`` prints it (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

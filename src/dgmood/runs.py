@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dgmood.config import RunConfig
-from dgmood.io import atomic_path, remove_stale_parts
+from dgmood.io import atomic_path, file_sha256, remove_stale_parts
 from dgmood.models.base import Capability, Classifier, DensityModel, FamilySpec
 from dgmood.models.registry import build_model, capabilities, family_spec, models_with
 from dgmood.pretrained import is_reference, pretrained_name, resolve_run_dir
@@ -269,15 +269,6 @@ def load_tensor_file(
     if stored != _content_digest(tensors, metadata):
         raise _corrupt(path, "its content does not match its sha256 checksum")
     return tensors, metadata
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, as ``sha256sum`` prints it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_file_sha256(path: Path, expected: str) -> None:

@@ -17,7 +17,6 @@ Adding a run: train it, then ``python scripts/make_pretrained.py NAME RUN_DIR --
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shlex
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dgmood.data.sources import resolve_data_dir
+from dgmood.io import file_sha256
 
 PREFIX = "pretrained:"  # pretrained:NAME names a shipped run wherever a run directory goes
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -117,14 +117,6 @@ def is_reference(ref: str | os.PathLike[str]) -> bool:
     return str(ref).startswith(PREFIX)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def get(name: str) -> PretrainedRun:
     """The manifest entry of ``name`` (with or without the ``pretrained:`` prefix)."""
     name = name.removeprefix(PREFIX)
@@ -143,7 +135,7 @@ def verified_path(name: str) -> Path:
         raise PretrainedError(
             f"pretrained run {entry.name!r} is listed but {weights} is missing; reinstall dgmood"
         )
-    actual = sha256_of(weights)
+    actual = file_sha256(weights)
     if actual != entry.sha256:
         raise PretrainedError(
             f"pretrained run {entry.name!r}: {weights} has sha256 {actual[:16]}..., the "

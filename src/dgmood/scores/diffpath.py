@@ -103,13 +103,7 @@ class _PathScore(DiffusionScore):
         return self.per_image(data, compute)
 
     def _fit_features(self, train: ScoreInput) -> np.ndarray:
-        subset = ScoreInput(
-            stats={},
-            images=train.images[: self.fit_images],
-            labels=train.labels[: self.fit_images],
-            run=train.run,
-            label=train.label,
-        )
+        subset = train.subset(np.arange(min(len(train), self.fit_images)))
         return self.features(subset)
 
     def _fitted(self) -> Pipeline:

@@ -180,13 +180,7 @@ class DiffusionReconstruction(DiffusionScore):
         return {m: values[:, :, i] for i, m in enumerate(self.metrics)}
 
     def fit(self, train: ScoreInput) -> DiffusionReconstruction:
-        subset = ScoreInput(
-            stats={},
-            images=train.images[: self.fit_images],
-            labels=train.labels[: self.fit_images],
-            run=train.run,
-            label=train.label,
-        )
+        subset = train.subset(np.arange(min(len(train), self.fit_images)))
         if len(subset) < 2:
             raise ValueError("diffusion-reconstruction needs >= 2 in-distribution images to fit")
         errors = self.errors(subset)
