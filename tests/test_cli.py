@@ -364,7 +364,8 @@ def test_reproduce_chicken_checks_model_roles(tmp_path: Path) -> None:
 
 
 STUDY_CONTEXT_OPTIONS = (
-    "preset", "steps", "limit", "resume", "data_dir", "mirror", "download", "device", "progress"
+    "preset", "steps", "limit", "resume", "data_dir", "mirror", "download", "device", "progress",
+    "pretrained",
 )  # fmt: skip
 
 
@@ -399,7 +400,7 @@ def test_study_commands_share_one_declaration_of_the_study_context_options(
     monkeypatch.setattr(dgmood.studies, "run_study", fake_run_study)
     shared = [
         "--scale", "tiny", "--steps", "3", "--limit", "7", "--resume", "--data-dir", "d",
-        "--mirror", "m", "--download", "--device", "cpu", "--no-progress",
+        "--mirror", "m", "--download", "--device", "cpu", "--no-progress", "--no-pretrained",
     ]  # fmt: skip
     out = str(tmp_path / "out")
     invoke("reproduce", "fashion-mnist", "--out-dir", out, *shared)
@@ -408,6 +409,7 @@ def test_study_commands_share_one_declaration_of_the_study_context_options(
     for ctx in contexts:
         assert (ctx.out_dir, ctx.preset, ctx.steps, ctx.limit) == (Path(out), "tiny", 3, 7)
         assert (ctx.resume, ctx.device, ctx.progress) == (True, "cpu", False)
+        assert ctx.use_pretrained is False
         assert (ctx.sources.data_dir, ctx.sources.mirror, ctx.sources.download) == ("d", "m", True)
 
 

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import markupsafe
 import pytest
 from typer.testing import CliRunner
 
@@ -217,7 +218,7 @@ def test_a_study_step_given_a_pretrained_name_uses_it_as_shipped(
     assert ctx.run_dir(config) == fake_package
     assert ctx.obtain(config).run_dir == fake_package
     result = run_study("decomposition", ctx, model=f"pretrained:{TINY}", train_limit=32, samples=4)
-    assert result.runs["model"] == str(fake_package)
+    assert result.runs["model"] == f"pretrained:{TINY}"  # by name: the folder is this machine's
     assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
     assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
     run_study(
@@ -254,3 +255,60 @@ def test_a_shipped_glow_gets_the_papers_glow_numbers_in_the_cifar10_tables() -> 
     assert published_bpd("pretrained:glow-cifar10", "cifar10", "cifar10", "train") == 3.386
     assert published_bpd("glow", "cifar10", "cifar10", "train") == 3.386
     assert published_bpd("pretrained:vae-cifar10", "cifar10", "cifar10", "train") is None
+
+
+# --- a study asking for exactly a shipped run's model, data and training uses it -----------
+
+
+def test_the_colour_cpu_runs_a_study_asks_for_are_the_shipped_ones(tmp_path: Path) -> None:
+    """`reproduce cifar10 --preset cpu` asks for Glow, PixelCNN++ and VAE at the cpu preset;
+    the shipped CIFAR-10 runs were trained by exactly those commands (their recorded argv
+    sets execution settings only), so the study uses them and trains none of the three."""
+    from dgmood.studies import StudyContext
+
+    ctx = StudyContext(out_dir=tmp_path, progress=False)
+    for model in ("glow", "pixelcnnpp", "vae"):
+        entry = pretrained.get(f"{model}-cifar10")
+        argv = list(entry.argv)
+        assert argv[:6] == ["train", model, "--preset", "cpu", "--dataset", "cifar10"]
+        assert all(a.startswith("execution.") for a in argv[7::2]), argv  # no training change
+        assert ctx.run_dir(ctx.run_config(model, "cifar10")) == entry.path
+    # anything that changes what the run is trains it: steps, a config value, or asked not to
+    changed = [
+        StudyContext(out_dir=tmp_path, steps=10),
+        StudyContext(out_dir=tmp_path, overrides=("train.lr=0.002",)),
+        StudyContext(out_dir=tmp_path, use_pretrained=False),
+    ]
+    for other in changed:
+        assert other.run_dir(other.run_config("glow", "cifar10")).parent == tmp_path / "runs"
+    # execution settings are not what a run is: still the shipped run
+    fast = StudyContext(out_dir=tmp_path, overrides=("execution.precision=auto",))
+    assert fast.run_dir(fast.run_config("glow", "cifar10")) == pretrained.get("glow-cifar10").path
+
+
+def test_a_study_uses_a_shipped_run_of_the_same_identity_and_its_report_names_it(
+    fake_package: Path, mirror: Path, tmp_path: Path
+) -> None:
+    """The tiny run was trained as `train glow --preset tiny --dataset fashion-mnist --set
+    train.steps=200`: a study at the tiny preset with --steps 200 gets it (nothing trained,
+    nothing written into the package) and its report says which shipped run it was."""
+    from dgmood.reporting.html import render_report
+    from dgmood.studies import StudyContext, run_study
+
+    before = {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")}
+    ctx = StudyContext(
+        out_dir=tmp_path / "out",
+        sources=DataSources(mirror=mirror),
+        preset="tiny",
+        steps=200,
+        limit=32,
+        progress=False,
+    )
+    result = run_study("decomposition", ctx, train_limit=32, samples=0)
+    assert result.runs["model"] == f"pretrained:{TINY}"
+    assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
+    assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
+    page = render_report(result, tmp_path / "out")
+    assert f"pretrained:{TINY}" in page
+    assert str(markupsafe.escape((fake_package / "config.yaml").read_text())) in page
+    assert "was not read" not in page and "is missing" not in page

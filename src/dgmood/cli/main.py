@@ -461,6 +461,13 @@ def _study_context_options(
             "folder and each run is trained once, found by what it is."
         ),
     ] = None,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            help="Use a run shipped with dgmood (`dgmood pretrained`) where its model, data "
+            "and training equal a run the study asks for, instead of training it again."
+        ),
+    ] = True,
 ) -> StudyContextFor:
     """The options of every command that runs a study, as its context for a given out dir."""
 
@@ -483,6 +490,7 @@ def _study_context_options(
             progress=progress,
             nproc=nproc,
             runs_root=runs_dir,
+            use_pretrained=pretrained,
         )
 
     return context

@@ -26,6 +26,7 @@ from typing import Any
 
 import jinja2
 
+from dgmood import pretrained
 from dgmood.io import atomic_write_text
 from dgmood.reporting.result import RESULT_FILE, StudyResult, Table
 from dgmood.reporting.runs_table import RunSummary, summarize_run
@@ -110,6 +111,7 @@ class _RunView:
     config_path: str
     summary: RunSummary | None
     outside: bool  # outside the folder the report may read: not read
+    shipped: str | None = None  # ``pretrained:NAME`` of a run shipped with dgmood
 
 
 def resolve_run_dir(recorded: str, role: str, out_dir: Path) -> Path:
@@ -119,6 +121,10 @@ def resolve_run_dir(recorded: str, role: str, out_dir: Path) -> Path:
     working directory of that time); a report rebuilt elsewhere, or a moved result folder,
     still finds a study's own runs in ``out_dir/runs/ROLE``.
     """
+    if pretrained.is_reference(recorded) and recorded.removeprefix(pretrained.PREFIX) in (
+        pretrained.manifest()
+    ):
+        return pretrained.get(recorded).path  # this installation's copy of a shipped run
     candidates = [Path(recorded), out_dir / recorded, out_dir / RUNS_DIR / role]
     for candidate in candidates:
         if (candidate / "config.yaml").exists():
@@ -131,13 +137,24 @@ def _run_views(result: StudyResult, out_dir: Path, read_root: Path) -> list[_Run
     for role, recorded in result.runs.items():
         run_dir = resolve_run_dir(recorded, role, out_dir)
         config_path = run_dir / "config.yaml"
-        # a config outside is not read (its existence alone is said)
-        outside = config_path.exists() and inside(config_path, read_root) is None
+        name = pretrained.pretrained_name(run_dir)
+        # a config outside is not read (its existence alone is said); a shipped run's is
+        # dgmood's own file
+        outside = name is None and config_path.exists() and inside(config_path, read_root) is None
         config = config_path.read_text() if not outside and config_path.is_file() else None
         summary = summarize_run(run_dir) if config is not None else None
         relative = os.path.relpath(os.path.abspath(run_dir), os.path.abspath(out_dir))
         views.append(
-            _RunView(role, recorded, href(relative), config, str(config_path), summary, outside)
+            _RunView(
+                role,
+                recorded,
+                href(relative),
+                config,
+                str(config_path),
+                summary,
+                outside,
+                None if name is None else f"{pretrained.PREFIX}{name}",
+            )
         )
     return views
 

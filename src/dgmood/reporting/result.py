@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dgmood import pretrained
 from dgmood.io import atomic_write_text
 
 RESULT_FILE = "result.json"
@@ -127,6 +128,13 @@ class StudyResult:
     data: dict[str, Any] = field(default_factory=dict)  # JSON-able numbers behind the tables
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     environment: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a shipped run is recorded by name: its folder is this installation's, not the reader's
+        for role, recorded in self.runs.items():
+            name = pretrained.pretrained_name(recorded)
+            if name is not None:
+                self.runs[role] = f"{pretrained.PREFIX}{name}"
 
     def table(self, name: str) -> Table:
         for table in self.tables:

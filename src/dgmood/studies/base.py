@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import platform
 import re
 import time
@@ -49,6 +50,21 @@ def run_dir_name(config: RunConfig) -> str:
     return f"{readable[:60]}-{config.identity_hash()}"
 
 
+def shipped_identities() -> dict[str, str]:
+    """Identity hash -> ``pretrained:NAME`` of every run shipped with dgmood (read from
+    their ``config.yaml`` files alone; the weights are verified when a run is loaded)."""
+    return _identities(pretrained.MANIFEST_FILE, tuple(pretrained.names()))
+
+
+@functools.cache
+def _identities(manifest: Path, names: tuple[str, ...]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in names:
+        config = RunConfig.load(pretrained.get(name).path / CONFIG_FILE)
+        found.setdefault(config.identity_hash(), f"{pretrained.PREFIX}{name}")
+    return found
+
+
 @dataclass
 class StudyContext:
     """Where a study writes, where data come from, how big its runs are and how they run.
@@ -74,6 +90,9 @@ class StudyContext:
     nproc: int = 1  # data-parallel training processes per run (torch's launcher when > 1)
     # identity hash -> ``pretrained:NAME`` of each shipped run a step asked for
     shipped: dict[str, str] = field(default_factory=dict)
+    # reuse a shipped run whose identity (model + data + training) equals a config a step
+    # asks for, instead of training it again (``--no-pretrained``: always train)
+    use_pretrained: bool = True
 
     def __post_init__(self) -> None:
         if self.limit < 0:
@@ -102,6 +121,11 @@ class StudyContext:
         its own config, checked for kind, capabilities and training set; :meth:`obtain` then
         uses the shipped run as it is (it is never trained or written to), unless this
         context's overrides change what it is (e.g. ``--steps``): then that run is trained.
+
+        With :attr:`use_pretrained` (the default), a model name whose configured run has the
+        identity of a shipped run (same model, data and training: e.g. ``glow`` on
+        ``cifar10`` at the ``cpu`` preset and ``pretrained:glow-cifar10``) is that shipped
+        run, as if it had been named; the report's runs section names it.
         """
         if pretrained.is_reference(model):
             folder = pretrained.resolve_run_dir(model)
@@ -118,7 +142,12 @@ class StudyContext:
         config = run_preset(model, preset or self.preset, dataset)
         if kind is not None:
             require(config.model, kind, *needs, what=what)
-        return self.configure(config)
+        config = self.configure(config)
+        if self.use_pretrained:
+            same = shipped_identities().get(config.identity_hash())
+            if same is not None:
+                self.shipped[config.identity_hash()] = same
+        return config
 
     def configure(self, config: RunConfig) -> RunConfig:
         """``config`` with this context's overrides, steps, budget and device (idempotent)."""
