@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import signal
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dgmood.config import DataConfig, RunConfig, TrainConfig
 from dgmood.data.datasets import ImageSet
 from dgmood.data.loading import DataSources
 from dgmood.models.registry import resolve_model
+from dgmood.training import train
 
 TINY_DATA = DataConfig(dataset="fashion-mnist", train_limit=64, val_size=16)
 
@@ -46,6 +48,28 @@ def tiny_data(mirror: Path, data_dir: Path) -> TinyData:
         sources.load_like("fashion-mnist", "train", TINY_DATA).head(64),
         sources.load_like("fashion-mnist", "test", TINY_DATA).head(16),
     )
+
+
+def train_tiny(config: RunConfig, run_dir: Path, data: TinyData, resume: bool = False) -> None:
+    """Train ``config`` into ``run_dir`` on the tiny data sets, quietly."""
+    train(
+        config, run_dir, resume=resume, progress=False, train_set=data.train_set,
+        val_set=data.val_set,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
+    """A finished 3-step tiny Glow run, trained once per test module: copy it to alter it."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train_tiny(tiny_glow(steps=3), run_dir, tiny_data)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`trained` this test may alter."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def tensors_of(path: Path) -> dict[str, torch.Tensor]:

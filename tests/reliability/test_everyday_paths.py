@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TinyData, tiny_glow
+from conftest import TinyData, tiny_glow, train_tiny
 from PIL import Image
 from safetensors import SafetensorError
 from typer.testing import CliRunner
@@ -45,29 +45,9 @@ from dgmood.runs import (
     read_metrics,
     save_tensor_file,
 )
-from dgmood.training import train
 from dgmood.training.launch import train_or_reuse
 
 runner = CliRunner()
-
-
-def _train(config: RunConfig, run_dir: Path, data: TinyData, resume: bool = False) -> None:
-    train(
-        config, run_dir, resume=resume, progress=False, train_set=data.train_set,
-        val_set=data.val_set,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
-    run_dir = tmp_path_factory.mktemp("everyday") / "run"
-    _train(tiny_glow(steps=3), run_dir, tiny_data)
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(trained: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def _cli(*args: str, mirror: Path | None = None) -> tuple[int, str]:
@@ -99,7 +79,7 @@ def _train_until(config: RunConfig, run_dir: Path, data: TinyData, stop_at: int)
     loop.save_checkpoint = save_then_stop  # type: ignore[assignment]
     try:
         with pytest.raises(_StopAfterCheckpoint):
-            _train(config, run_dir, data, resume=(run_dir / CONFIG_FILE).exists())
+            train_tiny(config, run_dir, data, resume=(run_dir / CONFIG_FILE).exists())
     finally:
         dgmood.runs.save_checkpoint = original  # type: ignore[assignment]
         loop.save_checkpoint = original  # type: ignore[assignment]
@@ -191,11 +171,11 @@ def test_logged_loss_after_a_resume_equals_an_uninterrupted_runs(
 ) -> None:
     config = tiny_glow(steps=20, log_every=5, checkpoint_every=3, eval_every=0)
     reference = tmp_path / "reference"
-    _train(config, reference, tiny_data)
+    train_tiny(config, reference, tiny_data)
     interrupted = tmp_path / "interrupted"
     for stop_at in (3, 9, 12, 18):  # mid-window (3, 9, 18) and on a log step (12)... resumed
         _train_until(config, interrupted, tiny_data, stop_at)
-    _train(config, interrupted, tiny_data, resume=True)
+    train_tiny(config, interrupted, tiny_data, resume=True)
     assert [step for step, _ in _losses(reference)] == [5, 10, 15, 20]
     assert _losses(interrupted) == _losses(reference)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TinyData, tiny_glow
+from conftest import TinyData, tiny_glow, train_tiny
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -49,24 +49,9 @@ from dgmood.runs import (
     load_run,
     save_tensor_file,
 )
-from dgmood.training import train
 
 runner = CliRunner()
 SECRET = "TOP-SECRET-3f9a1c"  # the text of a file outside every run and result folder
-
-
-def _train(config: RunConfig, run_dir: Path, data: TinyData, resume: bool = False) -> None:
-    train(
-        config, run_dir, resume=resume, progress=False, train_set=data.train_set,
-        val_set=data.val_set,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
-    run_dir = tmp_path_factory.mktemp("received") / "run"
-    _train(tiny_glow(steps=3), run_dir, tiny_data)
-    return run_dir
 
 
 @pytest.fixture
@@ -125,7 +110,7 @@ def test_a_lock_that_is_not_a_regular_file_is_one_clear_error(
     else:
         lock.mkdir()
     with pytest.raises(RunDirError, match=r"\.lock.*not a regular file"):
-        _train(tiny_glow(steps=5), received, tiny_data, resume=True)
+        train_tiny(tiny_glow(steps=5), received, tiny_data, resume=True)
     assert load_run(received).step == 3
 
 
@@ -378,7 +363,7 @@ def test_resume_with_a_config_claiming_a_huge_width_is_refused_before_building(
     )  # type: ignore[call-arg]
     huge.save(received / CONFIG_FILE)
     with pytest.raises(RunDirError, match="do not fit"):
-        _train(huge, received, tiny_data, resume=True)
+        train_tiny(huge, received, tiny_data, resume=True)
     assert no_real_build == []
 
 

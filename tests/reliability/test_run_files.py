@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,35 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TinyData, tiny_glow
+from conftest import TinyData, tiny_glow, train_tiny
 from typer.testing import CliRunner
 
 from dgmood.cli.main import app
-from dgmood.config import DataConfig, RunConfig, TrainConfig, replace_path
+from dgmood.config import DataConfig, TrainConfig, replace_path
 from dgmood.inference import SCORES_DIR, score_cached
 from dgmood.runs import CHECKPOINT_FILE, MODEL_FILE, RunDirError, load_run
-from dgmood.training import train
 
 runner = CliRunner()
-
-
-def _train(config: RunConfig, run_dir: Path, data: TinyData, resume: bool = False) -> None:
-    train(
-        config, run_dir, resume=resume, progress=False, train_set=data.train_set,
-        val_set=data.val_set,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    _train(tiny_glow(steps=3), run_dir, tiny_data)
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(trained: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def _flip_bytes(path: Path, at: float) -> None:
@@ -80,7 +59,7 @@ def test_a_damaged_checkpoint_refuses_to_resume(
     else:
         path.write_bytes(os.urandom(5000))
     with pytest.raises(RunDirError, match=CHECKPOINT_FILE.replace(".", r"\.")):
-        _train(tiny_glow(steps=6), run_copy, tiny_data, resume=True)
+        train_tiny(tiny_glow(steps=6), run_copy, tiny_data, resume=True)
     assert load_run(run_copy).step == 3  # nothing was overwritten
 
 
@@ -130,9 +109,9 @@ def test_a_config_the_model_cannot_be_built_from_leaves_no_run_dir(
 ) -> None:
     config = replace_path(tiny_glow(), "model.n_levels", "10")  # 32 px cannot squeeze 10 times
     with pytest.raises(ValueError, match="cannot build a glow model"):
-        _train(config, tmp_path / "run", tiny_data)
+        train_tiny(config, tmp_path / "run", tiny_data)
     assert not (tmp_path / "run").exists()
-    _train(tiny_glow(steps=2), tmp_path / "run", tiny_data)  # the retry is not blocked
+    train_tiny(tiny_glow(steps=2), tmp_path / "run", tiny_data)  # the retry is not blocked
 
 
 def test_cli_mistakes_are_one_line_each(tmp_path: Path, trained: Path, mirror: Path) -> None:
