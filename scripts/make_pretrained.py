@@ -52,6 +52,7 @@ ORDER = (
     "glow-cifar10",
     "pixelcnnpp-cifar10",
     "vae-cifar10",
+    "realnvp-cifar10",
     "diffusion-cifar10",
     "glow-tiny-fashion-mnist",
 )
