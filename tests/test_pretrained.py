@@ -20,6 +20,7 @@ from dgmood.cli.main import app
 from dgmood.data.loading import DataSources
 from dgmood.evaluation.pretrained import remeasure
 from dgmood.io import file_sha256
+from dgmood.presets import run_preset
 from dgmood.runs import RunDirError, check_run_dir, load_run
 
 TINY = "glow-tiny-fashion-mnist"  # trained in seconds: the test suite re-trains it
@@ -273,6 +274,9 @@ def test_the_colour_cpu_runs_a_study_asks_for_are_the_shipped_ones(tmp_path: Pat
         assert argv[:6] == ["train", model, "--preset", "cpu", "--dataset", "cifar10"]
         assert all(a.startswith("execution.") for a in argv[7::2]), argv  # no training change
         assert ctx.run_dir(ctx.run_config(model, "cifar10")) == entry.path
+        # a config a step builds itself (as the benchmark's auxiliary runs are) is found too
+        built = ctx.configure(run_preset(model, "cpu", "cifar10"))
+        assert ctx.shipped_run(built) == f"pretrained:{model}-cifar10"
     # anything that changes what the run is trains it: steps, a config value, or asked not to
     changed = [
         StudyContext(out_dir=tmp_path, steps=10),

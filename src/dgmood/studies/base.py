@@ -122,10 +122,10 @@ class StudyContext:
         uses the shipped run as it is (it is never trained or written to), unless this
         context's overrides change what it is (e.g. ``--steps``): then that run is trained.
 
-        With :attr:`use_pretrained` (the default), a model name whose configured run has the
-        identity of a shipped run (same model, data and training: e.g. ``glow`` on
-        ``cifar10`` at the ``cpu`` preset and ``pretrained:glow-cifar10``) is that shipped
-        run, as if it had been named; the report's runs section names it.
+        With :attr:`use_pretrained` (the default), any config whose run has the identity of
+        a shipped run (same model, data and training: e.g. ``glow`` on ``cifar10`` at the
+        ``cpu`` preset and ``pretrained:glow-cifar10``) is that shipped run, as if it had
+        been named (:meth:`shipped_run`); the report's runs section names it.
         """
         if pretrained.is_reference(model):
             folder = pretrained.resolve_run_dir(model)
@@ -142,12 +142,7 @@ class StudyContext:
         config = run_preset(model, preset or self.preset, dataset)
         if kind is not None:
             require(config.model, kind, *needs, what=what)
-        config = self.configure(config)
-        if self.use_pretrained:
-            same = shipped_identities().get(config.identity_hash())
-            if same is not None:
-                self.shipped[config.identity_hash()] = same
-        return config
+        return self.configure(config)
 
     def configure(self, config: RunConfig) -> RunConfig:
         """``config`` with this context's overrides, steps, budget and device (idempotent)."""
@@ -160,10 +155,19 @@ class StudyContext:
             config = replace_path(config, "execution.device", self.device)
         return config
 
+    def shipped_run(self, config: RunConfig) -> str | None:
+        """``pretrained:NAME`` of the shipped run that ``config`` (configured) is: one named
+        by :meth:`run_config`, or, with :attr:`use_pretrained`, any of the same identity."""
+        identity = config.identity_hash()
+        named = self.shipped.get(identity)
+        if named is not None or not self.use_pretrained:
+            return named
+        return shipped_identities().get(identity)
+
     def run_dir(self, config: RunConfig) -> Path:
         """Where the run of ``config`` (configured by :meth:`configure`) lives: a shipped
-        run's own folder when :meth:`run_config` gave it for ``pretrained:NAME``."""
-        shipped = self.shipped.get(config.identity_hash())
+        run's own folder when it is one (:meth:`shipped_run`)."""
+        shipped = self.shipped_run(config)
         if shipped is not None:
             return pretrained.resolve_run_dir(shipped)
         return self.runs_dir / run_dir_name(config)
@@ -171,7 +175,7 @@ class StudyContext:
     def obtain(self, config: RunConfig) -> LoadedRun:
         """The finished run of ``config``: reused if done, else trained (or resumed)."""
         config = self.configure(config)
-        shipped = self.shipped.get(config.identity_hash())
+        shipped = self.shipped_run(config)
         if shipped is not None:
             return load_run(shipped)  # finished, verified against its sha256, never written to
         run_dir = self.run_dir(config)
