@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--commit", help="with --run-dir: the commit it was trained at")
     parser.add_argument("--load", default="?", help="with --run-dir: load average range")
     parser.add_argument("--cpu-seconds", type=float, help="with --run-dir: CPU time used")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="with --run-dir: torch threads it trained with"
+    )
     parser.add_argument("--train-limit", type=int, default=10_000)
     parser.add_argument(
         "--test-limit", type=int, default=0, help="first N test images (0 = all; a dear model)"
@@ -152,7 +155,7 @@ def main() -> None:
     import torch
 
     machine["torch"] = torch.__version__
-    machine["threads"] = 1
+    machine["threads"] = 1 if args.run_dir is None else args.threads
     with tempfile.TemporaryDirectory() as scratch:
         if args.run_dir is None:
             commit = git_commit()

@@ -262,13 +262,13 @@ def test_a_shipped_glow_gets_the_papers_glow_numbers_in_the_cifar10_tables() -> 
 
 
 def test_the_colour_cpu_runs_a_study_asks_for_are_the_shipped_ones(tmp_path: Path) -> None:
-    """`reproduce cifar10 --preset cpu` asks for Glow, PixelCNN++ and VAE at the cpu preset;
-    the shipped CIFAR-10 runs were trained by exactly those commands (their recorded argv
-    sets execution settings only), so the study uses them and trains none of the three."""
+    """`reproduce cifar10 --preset cpu` asks for Glow, PixelCNN++, VAE and RealNVP at the cpu
+    preset; the shipped CIFAR-10 runs were trained by exactly those commands (their recorded
+    argv sets execution settings only), so the study uses them and trains none of the four."""
     from dgmood.studies import StudyContext
 
     ctx = StudyContext(out_dir=tmp_path, progress=False)
-    for model in ("glow", "pixelcnnpp", "vae"):
+    for model in ("glow", "pixelcnnpp", "vae", "realnvp"):
         entry = pretrained.get(f"{model}-cifar10")
         argv = list(entry.argv)
         assert argv[:6] == ["train", model, "--preset", "cpu", "--dataset", "cifar10"]
