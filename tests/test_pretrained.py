@@ -291,7 +291,7 @@ def test_the_colour_cpu_runs_a_study_asks_for_are_the_shipped_ones(tmp_path: Pat
 
 
 def test_a_study_uses_a_shipped_run_of_the_same_identity_and_its_report_names_it(
-    fake_package: Path, mirror: Path, tmp_path: Path
+    fake_package: Path, mirror: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The tiny run was trained as `train glow --preset tiny --dataset fashion-mnist --set
     train.steps=200`: a study at the tiny preset with --steps 200 gets it (nothing trained,
@@ -310,6 +310,8 @@ def test_a_study_uses_a_shipped_run_of_the_same_identity_and_its_report_names_it
     )
     result = run_study("decomposition", ctx, train_limit=32, samples=0)
     assert result.runs["model"] == f"pretrained:{TINY}"
+    said = capsys.readouterr().err
+    assert said.count(f"using pretrained:{TINY}") == 1, said  # said once, on stderr
     assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
     assert {p: p.stat().st_mtime_ns for p in fake_package.rglob("*")} == before
     page = render_report(result, tmp_path / "out")

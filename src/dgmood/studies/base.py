@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import platform
 import re
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -93,6 +94,7 @@ class StudyContext:
     # reuse a shipped run whose identity (model + data + training) equals a config a step
     # asks for, instead of training it again (``--no-pretrained``: always train)
     use_pretrained: bool = True
+    announced: set[str] = field(default_factory=set)  # shipped runs found by identity, said
 
     def __post_init__(self) -> None:
         if self.limit < 0:
@@ -177,6 +179,15 @@ class StudyContext:
         config = self.configure(config)
         shipped = self.shipped_run(config)
         if shipped is not None:
+            if shipped not in self.shipped.values() and shipped not in self.announced:
+                # found by identity, not named: say so once, before the step's work
+                self.announced.add(shipped)
+                print(
+                    f"using {shipped}: the {run_dir_name(config)} run this study asks for "
+                    "(same model, data and training; --no-pretrained trains it instead)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return load_run(shipped)  # finished, verified against its sha256, never written to
         run_dir = self.run_dir(config)
         with self.timed(f"train {run_dir.name}"):
