@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # The suite runs many small ops; one intra-op thread avoids OpenMP spin-waiting, which
     # slows small ops 10-20x whenever the 2 cores are shared with anything else.
     torch.set_num_threads(1)
+    # Ctrl-C as at a terminal: a shell starts background jobs (`cmd &`, nohup, some CI
+    # runners) with SIGINT ignored, which Python and every process it starts inherit; the
+    # tests that press Ctrl-C, in this process or in a child, need it delivered. A handler
+    # installed here is reset to the default on exec, so children get Python's default too.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
